@@ -47,3 +47,35 @@ def shared_file(shared: Path, relative: str) -> Path:
     if not p.exists():
         pytest.skip(f"real data file {relative} is absent from {shared}")
     return p
+
+
+def make_count_adata(
+    n_obs: int = 96, n_vars: int = 32, *, n_batches: int = 2, n_types: int = 3, seed: int = 0
+):
+    """A small AnnData of NB counts with cell-type structure, batches and a continuous covariate."""
+    import anndata as ad
+    import pandas as pd
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    types = rng.integers(0, n_types, n_obs)
+    programs = rng.gamma(2.0, 1.0, size=(n_types, n_vars))
+    lib = rng.lognormal(np.log(200), 0.3, n_obs)
+    mu = programs[types] / programs[types].sum(1, keepdims=True) * lib[:, None]
+    counts = rng.negative_binomial(5, 5 / (5 + mu)).astype(np.float32)
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical([f"type{t}" for t in types]),
+            "batch": pd.Categorical([f"b{i % n_batches}" for i in range(n_obs)]),
+            "age": rng.normal(50, 10, n_obs),
+        },
+        index=[f"cell{i}" for i in range(n_obs)],
+    )
+    var = pd.DataFrame(index=[f"G{j}" for j in range(n_vars)])
+    return ad.AnnData(X=sparse.csr_matrix(counts), obs=obs, var=var)
+
+
+@pytest.fixture
+def tiny_adata():
+    """96 cells x 32 genes of NB counts (CSR), obs cell_type / batch / age."""
+    return make_count_adata()

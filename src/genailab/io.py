@@ -56,7 +56,8 @@ def check_writable(path: str | os.PathLike[str], *, argument: str = "out") -> Pa
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise OutputPathError(
-            f"{argument}={str(path)!r} cannot be written: {str(probe)!r} exists and is a file, not a directory."
+            f"{argument}={str(path)!r} cannot be written: {str(probe)!r} exists and is a file, "
+            "not a directory."
         )
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputPathError(
@@ -64,6 +65,12 @@ def check_writable(path: str | os.PathLike[str], *, argument: str = "out") -> Pa
             "Choose another output location."
         )
     return p
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
@@ -90,6 +97,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> 
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

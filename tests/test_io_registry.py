@@ -45,6 +45,7 @@ def test_atomic_directory(tmp_path):
     with atomic_directory(dest) as tmp:
         (tmp / "a").write_text("1")
     assert (dest / "a").read_text() == "1"
+
     def failing_rewrite():
         with atomic_directory(dest) as tmp:
             (tmp / "a").write_text("2")

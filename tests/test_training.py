@@ -47,8 +47,14 @@ def test_ddp_spawn_two_cpu_processes_shard_the_data(tmp_path):
     model = LatentTokenVAE.from_anndata(adata, DataSpec(), preset="tiny")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loader = make_dataloader(model._dataset(adata), batch_size=16, shuffle=True)
-    cfg = TrainConfig(max_epochs=1, progress_bar=False, accelerator="cpu", devices=2, strategy="ddp_spawn",
-                      early_stopping_patience=0)
+    cfg = TrainConfig(
+        max_epochs=1,
+        progress_bar=False,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        early_stopping_patience=0,
+    )
     result = fit_recipe(model, loader, None, cfg, out_dir=tmp_path)
     # 64 cells / 2 ranks / 16 per batch = 2 steps per rank (unsharded would be 4)
     assert result.steps == 2

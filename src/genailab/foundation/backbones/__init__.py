@@ -1,6 +1,9 @@
 """Backbones: token-sequence networks behind one contract.
 
-``forward(x: (B, N, D), t: (B,) | None, cond: (B, C) | None, mask: (B, N) bool | None) -> (B, N, D_out)``.
+``forward(x: (B, N, D), t: (B,) | None, cond: (B, K, C) | None, mask: (B, N) bool | None) -> (B, N, D_out)``
+
+where ``cond`` holds K condition tokens of width C (one per registered condition key, see
+:mod:`genailab.foundation.conditioning`): cross-attention attends over them, adaLN / FiLM pool them.
 They keep N, treat samples independently and are deterministic in eval mode. Implementations
 register under :data:`BACKBONES` by name so configs and the CLI can pick them.
 """

@@ -31,13 +31,16 @@ class BackboneConfig(Config):
         Input sequence shape ``(N, D)``.
     out_dim
         Output token width ``D_out`` (``None`` = ``token_dim``).
+    n_cond_tokens
+        Number K of condition tokens (one per registered condition key; 0 = unconditional).
     cond_dim
-        Width C of the condition vector (0 = unconditional).
+        Width C of each condition token.
     """
 
     n_tokens: int = 8
     token_dim: int = 16
     out_dim: int | None = None
+    n_cond_tokens: int = 0
     cond_dim: int = 0
 
     def __post_init__(self) -> None:
@@ -45,7 +48,18 @@ class BackboneConfig(Config):
         check_positive("token_dim", self.token_dim, integer=True)
         if self.out_dim is not None:
             check_positive("out_dim", self.out_dim, integer=True)
+        check_positive("n_cond_tokens", self.n_cond_tokens, strict=False, integer=True)
         check_positive("cond_dim", self.cond_dim, strict=False, integer=True)
+        if (self.n_cond_tokens == 0) != (self.cond_dim == 0):
+            raise InvalidInputError(
+                f"n_cond_tokens={self.n_cond_tokens} and cond_dim={self.cond_dim} must both be 0 "
+                "(unconditional) or both be positive."
+            )
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the backbone takes condition tokens."""
+        return self.n_cond_tokens > 0
 
     @property
     def output_dim(self) -> int:
@@ -85,14 +99,14 @@ class Backbone(nn.Module, abc.ABC):
         b = x.shape[0]
         if t is not None and t.shape != (b,):
             raise InvalidInputError(f"t must have shape ({b},), got {tuple(t.shape)}.")
-        if c.cond_dim and (cond is None or cond.shape != (b, c.cond_dim)):
+        if c.conditional and (cond is None or cond.shape != (b, c.n_cond_tokens, c.cond_dim)):
             raise InvalidInputError(
-                f"cond must have shape ({b}, {c.cond_dim}), "
+                f"cond must have shape ({b}, {c.n_cond_tokens}, {c.cond_dim}) (condition tokens), "
                 f"got {None if cond is None else tuple(cond.shape)}."
             )
         if mask is not None and mask.shape != (b, c.n_tokens):
             raise InvalidInputError(f"mask must have shape ({b}, {c.n_tokens}), got {tuple(mask.shape)}.")
-        return self._forward(x, t, cond if c.cond_dim else None, mask)
+        return self._forward(x, t, cond if c.conditional else None, mask)
 
     @abc.abstractmethod
     def _forward(

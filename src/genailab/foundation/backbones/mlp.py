@@ -81,7 +81,7 @@ class MLPBackbone(Backbone):
         n, d, w = config.n_tokens, config.token_dim, config.hidden_dim
         self.emb_dim = w
         self.time_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
-        self.cond_proj = nn.Linear(config.cond_dim, w) if config.cond_dim else None
+        self.cond_proj = nn.Linear(config.n_cond_tokens * config.cond_dim, w) if config.conditional else None
         self.inp = nn.Linear(n * d, w)
         self.blocks = nn.ModuleList(_ResidualBlock(w, w, config.dropout) for _ in range(config.depth))
         self.out_norm = nn.LayerNorm(w)
@@ -100,7 +100,7 @@ class MLPBackbone(Backbone):
         if t is not None:
             emb = emb + self.time_mlp(timestep_embedding(t, self.emb_dim))  # (B, W)
         if self.cond_proj is not None and cond is not None:
-            emb = emb + self.cond_proj(cond)  # (B, W)
+            emb = emb + self.cond_proj(cond.flatten(1))  # (B, K, C) -> (B, K*C) -> (B, W)
         for block in self.blocks:
             h = block(h, emb)
         return self.out(self.out_norm(h)).view(

@@ -18,6 +18,8 @@ class _BatchKeys(NamedTuple):
     CAT_COVS: str = "cat_covs"  # (B, K) int64 codes of the registered categorical keys, spec order
     CONT_COVS: str = "cont_covs"  # (B, C) float32 registered continuous covariates, spec order
     INDICES: str = "indices"  # (B,) int64 row index of each cell in its AnnData
+    LATENT: str = "latent"  # (B, m, d) float32 standardised latent tokens (diffusion training data)
+    CONDITIONS: str = "conditions"  # (B, K) float32 condition values (codes or standardised numbers)
 
 
 BATCH_KEYS = _BatchKeys()
@@ -26,6 +28,8 @@ BATCH_KEYS = _BatchKeys()
 class _AdataKeys(NamedTuple):
     LATENT: str = "X_genailab"  # obsm: (n, m*d) flattened latent means
     LATENT_TOKENS: str = "X_genailab_tokens"  # obsm: (n, m, d) latent token means
+    SYNTH_LATENT: str = "X_genailab_synthetic_latent"  # obsm: (n, m, d) generated latent tokens
+    SAMPLING: str = "genailab_sampling"  # uns: the settings a synthetic AnnData was sampled with
     UNS: str = "genailab"  # uns: provenance (model dir, version, config) of what we wrote
 
 

@@ -28,7 +28,7 @@ from genailab.data.genes import (
     apply_alignment,
     detect_id_type,
 )
-from genailab.data.loading import BatchSampler, CountsDataset, make_dataloader
+from genailab.data.loading import BatchSampler, CountsDataset, TensorBatchDataset, make_dataloader
 from genailab.data.spec import DataRegistry, DataSpec, setup_anndata
 from genailab.data.splits import (
     SPLITTERS,
@@ -61,6 +61,7 @@ __all__ = [
     "holdout_category_split",
     "holdout_perturbation_split",
     "load_shared",
+    "TensorBatchDataset",
     "make_dataloader",
     "pbmc68k_reduced",
     "read_h5ad",

@@ -38,7 +38,7 @@ from genailab.data.genes import GeneAlignment, apply_alignment
 from genailab.data.spec import DataRegistry
 from genailab.errors import InvalidInputError
 
-__all__ = ["BatchSampler", "CountsDataset", "make_dataloader"]
+__all__ = ["BatchSampler", "CountsDataset", "TensorBatchDataset", "make_dataloader"]
 
 
 def _sparse_dataset(group: Any) -> Any:
@@ -330,8 +330,37 @@ def _identity(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
+class TensorBatchDataset(Dataset):
+    """Whole-batch reads from in-memory tensors that share their first dimension.
+
+    Used for data derived once and kept in memory, e.g. the standardised latents of a frozen VAE that
+    a diffusion model trains on. ``dataset[positions]`` returns ``{name: tensor[positions]}``.
+
+    Parameters
+    ----------
+    tensors
+        Named tensors, each ``(n, ...)``.
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        sizes = {k: int(v.shape[0]) for k, v in tensors.items()}
+        if not sizes or len(set(sizes.values())) != 1:
+            raise InvalidInputError(
+                f"tensors must be non-empty and share their first dimension, got {sizes}."
+            )
+        self.tensors = tensors
+        self.n = next(iter(sizes.values()))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, idx: Any) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(np.atleast_1d(np.asarray(idx, dtype=np.int64)))
+        return {k: v.index_select(0, index) for k, v in self.tensors.items()}
+
+
 def make_dataloader(
-    dataset: CountsDataset,
+    dataset: CountsDataset | TensorBatchDataset,
     *,
     batch_size: int = 128,
     shuffle: bool = True,

@@ -64,6 +64,11 @@ class LightningRecipe(L.LightningModule):
         self._cells += out.n_obs
         return out.loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        hook = getattr(self.recipe, "on_train_batch_end", None)
+        if callable(hook):
+            hook()  # e.g. EMA updates; the recipe owns that state so it is checkpointed with it
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.recipe.training_step(batch, epoch=None)
         bs = out.n_obs or None

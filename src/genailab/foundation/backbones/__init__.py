@@ -12,3 +12,8 @@ from genailab.foundation.backbones.base import BACKBONES, Backbone, BackboneConf
 from genailab.foundation.backbones.mlp import MLPBackbone, MLPBackboneConfig
 
 __all__ = ["BACKBONES", "Backbone", "BackboneConfig", "MLPBackbone", "MLPBackboneConfig"]
+
+from genailab.foundation.backbones.dit import DiT, DiTBlock, DiTConfig  # noqa: E402
+from genailab.foundation.backbones.unet import UNet1D, UNet1DConfig  # noqa: E402
+
+__all__ += ["DiT", "DiTBlock", "DiTConfig", "UNet1D", "UNet1DConfig"]

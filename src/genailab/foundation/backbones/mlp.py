@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,6 +47,51 @@ class MLPBackboneConfig(BackboneConfig):
         check_positive("hidden_dim", self.hidden_dim, integer=True)
         check_positive("depth", self.depth, integer=True)
         check_fraction("dropout", self.dropout)
+
+    @classmethod
+    def tiny(
+        cls, n_tokens: int, token_dim: int, n_cond_tokens: int = 0, cond_dim: int = 0, **kw: Any
+    ) -> MLPBackboneConfig:
+        """Width 64, 2 blocks (tests and smoke runs)."""
+        return cls(
+            n_tokens=n_tokens,
+            token_dim=token_dim,
+            n_cond_tokens=n_cond_tokens,
+            cond_dim=cond_dim,
+            hidden_dim=64,
+            depth=2,
+            **kw,
+        )
+
+    @classmethod
+    def small(
+        cls, n_tokens: int, token_dim: int, n_cond_tokens: int = 0, cond_dim: int = 0, **kw: Any
+    ) -> MLPBackboneConfig:
+        """Width 512, 3 blocks: the baseline denoiser."""
+        return cls(
+            n_tokens=n_tokens,
+            token_dim=token_dim,
+            n_cond_tokens=n_cond_tokens,
+            cond_dim=cond_dim,
+            hidden_dim=512,
+            depth=3,
+            **kw,
+        )
+
+    @classmethod
+    def base(
+        cls, n_tokens: int, token_dim: int, n_cond_tokens: int = 0, cond_dim: int = 0, **kw: Any
+    ) -> MLPBackboneConfig:
+        """Width 1024, 4 blocks."""
+        return cls(
+            n_tokens=n_tokens,
+            token_dim=token_dim,
+            n_cond_tokens=n_cond_tokens,
+            cond_dim=cond_dim,
+            hidden_dim=1024,
+            depth=4,
+            **kw,
+        )
 
 
 class _ResidualBlock(nn.Module):

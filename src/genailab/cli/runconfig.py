@@ -6,15 +6,16 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from genailab.config import Config, apply_overrides, check_positive, load_yaml_overrides, parse_set_options
 from genailab.data import DataSpec
 from genailab.errors import InvalidInputError
 from genailab.foundation.recipes.count_vae import PRESETS, LatentTokenVAEConfig
+from genailab.foundation.recipes.latent_diffusion import LatentDiffusionConfig
 from genailab.training import TrainConfig
 
-__all__ = ["VAERunConfig", "resolve_run_config", "versions"]
+__all__ = ["SynthRunConfig", "VAERunConfig", "resolve_run_config", "versions"]
 
 
 @dataclass(frozen=True)
@@ -31,37 +32,73 @@ class VAERunConfig(Config):
     train: TrainConfig = field(default_factory=TrainConfig)
     vae: tuple[tuple[str, str], ...] = ()
 
+    PASSTHROUGH: ClassVar[dict[str, type]] = {"vae": LatentTokenVAEConfig}
+
     def __post_init__(self) -> None:
         check_positive("seed", self.seed, strict=False, integer=True)
         if self.preset not in PRESETS:
             raise InvalidInputError(
                 f"preset={self.preset!r} is not allowed; expected one of {', '.join(PRESETS)}."
             )
-        probe = LatentTokenVAEConfig.tiny(1, n_batches=1)
-        known = set(LatentTokenVAEConfig.__dataclass_fields__) - {"n_genes", "n_batches"}
-        for key, _ in self.vae:
-            if key not in known:
-                raise InvalidInputError(f"unknown config key 'vae.{key}'; valid keys are {sorted(known)}.")
-        apply_overrides(probe, dict(self.vae))  # type-check the values early
+        _check_passthrough(
+            "vae", self.vae, LatentTokenVAEConfig.tiny(1, n_batches=1), {"n_genes", "n_batches"}
+        )
 
     def vae_overrides(self) -> dict[str, str]:
         """The ``vae.*`` overrides as a dict."""
         return dict(self.vae)
 
 
+def _passthrough_fields(cls: type[Config]) -> dict[str, type[Config]]:
+    """Fields that hold free-form overrides of another config: ``{field: target config class}``."""
+    return dict(getattr(cls, "PASSTHROUGH", {}))
+
+
 def resolve_run_config(
-    config_path: str | Path | None, sets: list[str], *, cli: dict[str, Any] | None = None
-) -> VAERunConfig:
-    """Defaults <- YAML file <- explicit CLI options <- ``--set key=value`` (later wins)."""
+    config_path: str | Path | None,
+    sets: list[str],
+    *,
+    cli: dict[str, Any] | None = None,
+    cls: type[Config] | None = None,
+) -> Any:
+    """Defaults <- YAML file <- explicit CLI options <- ``--set key=value`` (later wins).
+
+    Keys under a pass-through section (e.g. ``vae.*``) are collected as overrides of that component's
+    config and validated against it; every other key is checked against the run config's fields.
+    """
+    cls = cls or VAERunConfig
     flat: dict[str, Any] = {}
     if config_path is not None:
         flat.update(load_yaml_overrides(config_path))
     flat.update({k: v for k, v in (cli or {}).items() if v is not None})
     flat.update(parse_set_options(sets))
-    vae_items = {k.split(".", 1)[1]: str(v) for k, v in flat.items() if k.startswith("vae.")}
-    rest = {k: v for k, v in flat.items() if not k.startswith("vae.")}
-    config = apply_overrides(VAERunConfig(), rest)
-    return config.replace(vae=tuple(sorted(vae_items.items())))
+    sections = _passthrough_fields(cls)
+    passthrough: dict[str, dict[str, str]] = {name: {} for name in sections}
+    rest: dict[str, Any] = {}
+    for key, value in flat.items():
+        head, _, tail = key.partition(".")
+        if head in sections and tail:
+            passthrough[head][tail] = value if isinstance(value, str) else _yaml_text(value)
+        else:
+            rest[key] = value
+    config = apply_overrides(cls(), rest)
+    return config.replace(**{name: tuple(sorted(items.items())) for name, items in passthrough.items()})
+
+
+def _yaml_text(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _check_passthrough(
+    section: str, items: tuple[tuple[str, str], ...], probe: Config, fixed: set[str]
+) -> None:
+    known = set(type(probe).__dataclass_fields__) - fixed
+    for key, _ in items:
+        if key not in known:
+            raise InvalidInputError(f"unknown config key '{section}.{key}'; valid keys are {sorted(known)}.")
+    apply_overrides(probe, dict(items))  # type-check the values early
 
 
 def versions() -> dict[str, str]:
@@ -75,3 +112,52 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[pkg] = "not installed"
     return out
+
+
+def _synth_train_default() -> TrainConfig:
+    return TrainConfig(max_epochs=300, batch_size=256, lr=1e-3, early_stopping_patience=30, val_fraction=0.05)
+
+
+def _vae_train_default() -> TrainConfig:
+    return TrainConfig(max_epochs=100, batch_size=128, lr=1e-3, early_stopping_patience=10, val_fraction=0.1)
+
+
+@dataclass(frozen=True)
+class SynthRunConfig(Config):
+    """Everything ``genailab synth train`` needs: the VAE stage, then the diffusion stage.
+
+    ``vae`` holds overrides of :class:`~genailab.foundation.recipes.LatentTokenVAEConfig` fields and
+    ``backbone_config`` overrides of the chosen backbone's config (e.g. ``backbone_config.depth=2``).
+    """
+
+    seed: int = 0
+    data: DataSpec = field(default_factory=DataSpec)
+    condition_keys: tuple[str, ...] = ()
+    vae_preset: str = "small"
+    vae: tuple[tuple[str, str], ...] = ()
+    vae_train: TrainConfig = field(default_factory=_vae_train_default)
+    backbone: str = "dit"
+    backbone_preset: str = "small"
+    backbone_config: tuple[tuple[str, str], ...] = ()
+    diffusion: LatentDiffusionConfig = field(default_factory=LatentDiffusionConfig)
+    train: TrainConfig = field(default_factory=_synth_train_default)
+
+    PASSTHROUGH: ClassVar[dict[str, type]] = {"vae": LatentTokenVAEConfig, "backbone_config": Config}
+
+    def __post_init__(self) -> None:
+        from genailab.foundation.backbones import BACKBONES
+
+        check_positive("seed", self.seed, strict=False, integer=True)
+        if self.vae_preset not in PRESETS:
+            raise InvalidInputError(
+                f"vae_preset={self.vae_preset!r} is not allowed; expected one of {', '.join(PRESETS)}."
+            )
+        _check_passthrough(
+            "vae", self.vae, LatentTokenVAEConfig.tiny(1, n_batches=1), {"n_genes", "n_batches"}
+        )
+        backbone_cls = BACKBONES.get(self.backbone)
+        preset = getattr(backbone_cls.config_class, self.backbone_preset, None)
+        if preset is None:
+            raise InvalidInputError(f"backbone {self.backbone!r} has no preset {self.backbone_preset!r}.")
+        fixed = {"n_tokens", "token_dim", "n_cond_tokens", "cond_dim", "out_dim"}
+        _check_passthrough("backbone_config", self.backbone_config, preset(4, 8), fixed)

@@ -5,8 +5,19 @@
 - :func:`knn_label_accuracy`, :func:`silhouette`: how well a latent space separates known labels.
 - :func:`marginal_agreement`: per-gene mean / variance / zero-fraction agreement of two count matrices.
 - :func:`write_html_report`: a self-contained HTML page (figures inlined as PNG).
+- :func:`mmd_rbf`, :func:`energy_distance`, :func:`wasserstein1`, :func:`classifier_auc`: two-sample
+  distances between point clouds (e.g. PCA coordinates of real and synthetic cells).
+- :func:`evaluate_synthesis`, :func:`write_synthesis_report`: synthetic vs real cells, every distance next
+  to a real-vs-real floor, with a JSON + HTML report.
 """
 
+from genailab.evaluation.distribution import (
+    classifier_auc,
+    energy_distance,
+    median_distance,
+    mmd_rbf,
+    wasserstein1,
+)
 from genailab.evaluation.metrics import (
     gene_nb_baseline_nll,
     knn_label_accuracy,
@@ -14,12 +25,27 @@ from genailab.evaluation.metrics import (
     silhouette,
 )
 from genailab.evaluation.report import figure_to_html, write_html_report
+from genailab.evaluation.synthesis import (
+    SynthesisEmbedding,
+    evaluate_synthesis,
+    pca_embed,
+    write_synthesis_report,
+)
 
 __all__ = [
+    "SynthesisEmbedding",
+    "classifier_auc",
+    "energy_distance",
+    "evaluate_synthesis",
     "figure_to_html",
     "gene_nb_baseline_nll",
     "knn_label_accuracy",
     "marginal_agreement",
+    "median_distance",
+    "mmd_rbf",
+    "pca_embed",
     "silhouette",
+    "wasserstein1",
     "write_html_report",
+    "write_synthesis_report",
 ]

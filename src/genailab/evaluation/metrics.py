@@ -50,9 +50,7 @@ def gene_nb_baseline_nll(train: np.ndarray | sparse.spmatrix, test: np.ndarray |
     return float(-log_p.sum(1).mean())
 
 
-def knn_label_accuracy(
-    z: np.ndarray, labels: np.ndarray, *, k: int = 15, n_folds: int = 5, seed: int = 0
-) -> float:
+def knn_label_accuracy(z: np.ndarray, labels: np.ndarray, *, k: int = 15, n_folds: int = 5, seed: int = 0) -> float:
     """Cross-validated k-nearest-neighbour accuracy of predicting ``labels`` from embedding ``z``."""
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.neighbors import KNeighborsClassifier
@@ -74,9 +72,7 @@ def silhouette(z: np.ndarray, labels: np.ndarray, *, seed: int = 0, sample_size:
     return float(silhouette_score(z, labels, sample_size=min(sample_size, len(labels)), random_state=seed))
 
 
-def marginal_agreement(
-    real: np.ndarray | sparse.spmatrix, other: np.ndarray | sparse.spmatrix
-) -> dict[str, float]:
+def marginal_agreement(real: np.ndarray | sparse.spmatrix, other: np.ndarray | sparse.spmatrix) -> dict[str, float]:
     """Pearson correlations of per-gene log-mean, log-variance and zero fraction between two matrices."""
     a, b = _dense(real), _dense(other)
     if a.shape[1] != b.shape[1]:

@@ -203,12 +203,14 @@ class _LogNBPositive(torch.autograd.Function):
             grad_mu = torch.div(x, mu).sub_(1.0).mul_(theta).div_(theta_mu).mul_(grad)
         idx = ctx.idx if need_theta and not need_x else None
         if idx is not None:
-            # dml(x + theta) - dml(theta) is exactly 0 where x == 0: evaluate it on non-zeros only
-            x_theta = x + theta
-            diff = x - mu
-            d_theta = _log_ratio(x_theta, theta_mu, diff).sub_(diff.div_(theta_mu)).contiguous()
-            xt, th = (t.reshape(-1).index_select(0, idx) for t in (x_theta, theta))
-            d_theta.view(-1).index_add_(0, idx, _digamma_minus_log(xt).sub_(_digamma_minus_log(th)))
+            # At x == 0, d/dtheta = mu / (theta + mu) - log1p(mu / theta) (the digamma bracket vanishes):
+            # a few cheap passes over every entry; the full expression runs on the non-zeros only.
+            z = torch.div(mu, theta)
+            d_theta = torch.div(z, z + 1.0).sub_(z.log1p_()).contiguous()
+            xs, ms, ts = (t.reshape(-1).index_select(0, idx) for t in (x, mu, theta))
+            xt, tm, df = xs + ts, ts + ms, xs - ms
+            full = _digamma_minus_log(xt).sub_(_digamma_minus_log(ts)).add_(_log_ratio(xt, tm, df)).sub_(df.div_(tm))
+            d_theta.view(-1).index_copy_(0, idx, full)
             return None, grad_mu, d_theta.mul_(grad), None, None
         if need_x or need_theta:
             x_theta = x + theta

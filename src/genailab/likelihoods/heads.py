@@ -16,6 +16,8 @@ dispersion ``theta`` comes from a module registered in :data:`DISPERSIONS` (``"g
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
@@ -203,11 +205,7 @@ class GeneConditionDispersion(Dispersion):
                 f"condition=None: dispersion 'gene-condition' needs condition, a (B,) integer tensor "
                 f"of codes in [0, {n})."
             )
-        if (
-            not isinstance(condition, Tensor)
-            or condition.dtype.is_floating_point
-            or condition.dtype is torch.bool
-        ):
+        if not isinstance(condition, Tensor) or condition.dtype.is_floating_point or condition.dtype is torch.bool:
             raise InvalidInputError(
                 f"condition must be an integer tensor of codes in [0, {n}), got "
                 f"{getattr(condition, 'dtype', type(condition).__name__)}."
@@ -220,8 +218,7 @@ class GeneConditionDispersion(Dispersion):
             low, high = int(condition.min()), int(condition.max())
             if low < 0 or high >= n:
                 raise InvalidInputError(
-                    f"condition holds code {low if low < 0 else high}; expected codes in [0, {n}) "
-                    f"(n_conditions={n})."
+                    f"condition holds code {low if low < 0 else high}; expected codes in [0, {n}) (n_conditions={n})."
                 )
         return _theta_from_log(self.log_theta(condition))  # (B, G)
 
@@ -231,7 +228,7 @@ class GeneConditionDispersion(Dispersion):
 # --------------------------------------------------------------------------------------------------
 
 
-class CountHead(nn.Module):
+class CountHead(nn.Module, abc.ABC):
     """Base class: ``forward(h, library, condition, gene_mask) -> Distribution`` over ``(B, G)`` counts.
 
     Computes ``mu = library * softmax(Linear(h))`` and hands it to :meth:`distribution`, which each
@@ -249,9 +246,7 @@ class CountHead(nn.Module):
         Number of condition codes, for ``dispersion="gene-condition"``.
     """
 
-    def __init__(
-        self, n_hidden: int, n_genes: int, dispersion: str = "gene", n_conditions: int | None = None
-    ) -> None:
+    def __init__(self, n_hidden: int, n_genes: int, dispersion: str = "gene", n_conditions: int | None = None) -> None:
         super().__init__()
         check_positive("n_hidden", n_hidden, integer=True)
         check_positive("n_genes", n_genes, integer=True)
@@ -295,21 +290,25 @@ class CountHead(nn.Module):
         """
         library = self._check_inputs(h, library, gene_mask)  # (B, 1)
         logits = self.scale_logits(h)  # (B, G)
-        if gene_mask is not None:
+        if gene_mask is not None and not bool(gene_mask.all()):  # skip the (B, G) pass when all are measured
             logits = logits.masked_fill(~gene_mask, float("-inf"))
         scale = torch.softmax(logits, dim=-1)  # (B, G), rows sum to 1 over measured genes
         mu = library * scale  # (B, G)
         return self.distribution(h, mu, condition)
 
+    @abc.abstractmethod
     def distribution(self, h: Tensor, mu: Tensor, condition: Tensor | None) -> Distribution:
-        """Build the distribution from hidden states ``(B, H)`` and means ``(B, G)``."""
-        raise NotImplementedError
+        """Build the distribution from hidden states ``(B, H)`` and means ``(B, G)``.
+
+        Heads build it with ``validate_args=False``: their parameters are valid by construction and the
+        counts were validated once by the data layer, so the per-step support checks (an integer and a
+        sign pass over every ``(B, G)`` entry) would only cost time.
+        """
 
     def _check_inputs(self, h: Tensor, library: Tensor, gene_mask: Tensor | None) -> Tensor:
         if not isinstance(h, Tensor) or h.dim() != 2 or h.shape[1] != self.n_hidden:
             raise InvalidInputError(
-                f"h has shape {tuple(getattr(h, 'shape', ()))}; expected (B, {self.n_hidden}), "
-                "(batch, n_hidden)."
+                f"h has shape {tuple(getattr(h, 'shape', ()))}; expected (B, {self.n_hidden}), (batch, n_hidden)."
             )
         n_cells = h.shape[0]
         if not isinstance(library, Tensor) or tuple(library.shape) not in {(n_cells,), (n_cells, 1)}:
@@ -320,9 +319,7 @@ class CountHead(nn.Module):
         if gene_mask is not None:
             _check_gene_mask(gene_mask, n_cells, self.n_genes)
             if not bool(gene_mask.any(dim=-1).all()):
-                raise InvalidInputError(
-                    "gene_mask masks every gene of a cell; at least one gene must be measured."
-                )
+                raise InvalidInputError("gene_mask masks every gene of a cell; at least one gene must be measured.")
         return library.reshape(n_cells, 1)
 
 
@@ -330,30 +327,26 @@ class CountHead(nn.Module):
 class NBHead(CountHead):
     """Negative binomial head: :class:`NegativeBinomial` ``(mu, theta)``, ``theta`` from a dispersion mode."""
 
-    def __init__(
-        self, n_hidden: int, n_genes: int, dispersion: str = "gene", n_conditions: int | None = None
-    ) -> None:
+    def __init__(self, n_hidden: int, n_genes: int, dispersion: str = "gene", n_conditions: int | None = None) -> None:
         super().__init__(n_hidden, n_genes, dispersion, n_conditions)
         self.dispersion = DISPERSIONS.get(dispersion)(n_hidden, n_genes, n_conditions)
 
     def distribution(self, h: Tensor, mu: Tensor, condition: Tensor | None) -> Distribution:
         """``NegativeBinomial(mu, theta(h, condition))``."""
-        return NegativeBinomial(mu, self.dispersion(h, condition))
+        return NegativeBinomial(mu, self.dispersion(h, condition), validate_args=False)
 
 
 @COUNT_HEADS.register("zinb")
 class ZINBHead(NBHead):
     """Zero-inflated NB head: adds ``zi_logits = Linear(h)`` ``(B, G)`` to :class:`NBHead`."""
 
-    def __init__(
-        self, n_hidden: int, n_genes: int, dispersion: str = "gene", n_conditions: int | None = None
-    ) -> None:
+    def __init__(self, n_hidden: int, n_genes: int, dispersion: str = "gene", n_conditions: int | None = None) -> None:
         super().__init__(n_hidden, n_genes, dispersion, n_conditions)
         self.zi_logits = nn.Linear(n_hidden, n_genes)
 
     def distribution(self, h: Tensor, mu: Tensor, condition: Tensor | None) -> Distribution:
         """``ZeroInflatedNegativeBinomial(mu, theta(h, condition), zi_logits(h))``."""
-        return ZeroInflatedNegativeBinomial(mu, self.dispersion(h, condition), self.zi_logits(h))
+        return ZeroInflatedNegativeBinomial(mu, self.dispersion(h, condition), self.zi_logits(h), validate_args=False)
 
 
 @COUNT_HEADS.register("poisson")
@@ -362,7 +355,7 @@ class PoissonHead(CountHead):
 
     def distribution(self, h: Tensor, mu: Tensor, condition: Tensor | None) -> Distribution:
         """``Poisson(mu)``."""
-        return Poisson(mu)
+        return Poisson(mu, validate_args=False)
 
 
 def make_count_head(
@@ -427,5 +420,6 @@ def masked_nll(dist: Distribution, x: Tensor, gene_mask: Tensor | None = None) -
     log_prob = dist.log_prob(x)  # (B, G)
     if gene_mask is not None:
         _check_gene_mask(gene_mask, *batch_shape)
-        log_prob = torch.where(gene_mask, log_prob, log_prob.new_zeros(()))
+        if not bool(gene_mask.all()):
+            log_prob = torch.where(gene_mask, log_prob, log_prob.new_zeros(()))
     return -log_prob.sum(dim=-1)  # (B,)

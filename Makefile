@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PIP) -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench_vae_vs_scvi.py
 	$(BIN)/python benchmarks/bench_vae_norman.py
+	$(BIN)/python benchmarks/bench_synthesis_kang.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

@@ -57,7 +57,8 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
         "auc_per_type": {c: v["classifier_auc"]["synthetic"] for c, v in per.items()},
         "energy_ratio_overall": metrics["overall"]["energy"]["ratio"],
         "w1_ratio_overall": metrics["overall"]["w1"]["ratio"],
-        "fidelity_accuracy": (metrics.get("fidelity") or {}).get("synthetic_accuracy"),
+        "fidelity_accuracy": ((metrics.get("fidelity") or {}).get("synthetic") or {}).get("accuracy"),
+        "fidelity_floor": ((metrics.get("fidelity") or {}).get("floor") or {}).get("accuracy"),
         "marginals": metrics.get("marginals"),
     }
 
@@ -152,8 +153,14 @@ def worker_scvi(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         z = torch.randn(test.n_obs, module.n_latent, generator=gen)
-        mean, var = module._compute_local_library_params(b_idx)
-        library = mean + var.sqrt() * torch.randn(mean.shape, generator=gen)
+        # scVI (use_observed_lib_size=True) keeps no library prior: draw each donor's log-library from a
+        # normal fitted on its training cells, the same library model genailab's sampler uses.
+        log_lib = np.log(np.asarray(train.X.sum(1)).ravel().clip(min=1))
+        donors = train.obs[DONOR].astype(str).to_numpy()
+        stats = {d: (log_lib[donors == d].mean(), log_lib[donors == d].std()) for d in np.unique(donors)}
+        mean = torch.tensor([stats[d][0] for d in test.obs[DONOR].astype(str)], dtype=torch.float32).view(-1, 1)
+        sd = torch.tensor([stats[d][1] for d in test.obs[DONOR].astype(str)], dtype=torch.float32).view(-1, 1)
+        library = mean + sd * torch.randn(mean.shape, generator=gen)
         torch.manual_seed(seed)
         t0 = time.perf_counter()
         px = module.generative(z=z, library=library, batch_index=b_idx, cat_covs=c_idx)["px"]
@@ -202,10 +209,12 @@ def main() -> int:
         ["--quick"] if args.quick else []
     )
     runs = []
+    partial = C.RESULTS_DIR / "synthesis_kang.partial.json"
     for seed in seeds:
         for method in ("genailab", "scvi"):
             print(f"running {method} seed {seed} ...", flush=True)
             runs.append(C.run_worker(Path(__file__), ["--worker", method, "--seed", str(seed), *extra], args.threads))
+            C.write_json(partial, {"runs": runs})  # a later failure must not lose finished runs
     g = [r for r in runs if r["method"] == "genailab"]
     s = [r for r in runs if r["method"] == "scvi"]
     floor_auc = [r["auc_floor"] for r in g]
@@ -283,6 +292,7 @@ def main() -> int:
             "runs": runs,
         },
     )
+    partial.unlink(missing_ok=True)
     print(f"wrote {out}")
     return 0
 

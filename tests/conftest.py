@@ -49,9 +49,7 @@ def shared_file(shared: Path, relative: str) -> Path:
     return p
 
 
-def make_count_adata(
-    n_obs: int = 96, n_vars: int = 32, *, n_batches: int = 2, n_types: int = 3, seed: int = 0
-):
+def make_count_adata(n_obs: int = 96, n_vars: int = 32, *, n_batches: int = 2, n_types: int = 3, seed: int = 0):
     """A small AnnData of NB counts with cell-type structure, batches and a continuous covariate."""
     import anndata as ad
     import pandas as pd

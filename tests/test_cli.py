@@ -124,9 +124,7 @@ def test_bad_counts_and_missing_files(tmp_path, capsys):
     assert main(["vae", "train", str(path), "--out", str(tmp_path / "r"), *FAST]) == 2
     assert "non-integer" in capsys.readouterr().err
     assert main(["vae", "train", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "r")]) == 2
-    assert (
-        main(["vae", "encode", str(tmp_path / "nomodel"), str(path), "--out", str(tmp_path / "o.h5ad")]) == 2
-    )
+    assert main(["vae", "encode", str(tmp_path / "nomodel"), str(path), "--out", str(tmp_path / "o.h5ad")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

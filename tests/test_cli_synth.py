@@ -150,10 +150,7 @@ def test_sample_conditions_like_counterfactual_evaluate(trained, tmp_path):
     assert set(c.obs["batch"]) == {"b0"}
 
     rep = tmp_path / "report"
-    assert (
-        main(["synth", "evaluate", str(data), str(like), "--condition-key", "cell_type", "--out", str(rep)])
-        == 0
-    )
+    assert main(["synth", "evaluate", str(data), str(like), "--condition-key", "cell_type", "--out", str(rep)]) == 0
     assert (rep / "report.html").is_file()
     assert "overall" in json.loads((rep / "metrics.json").read_text())
 
@@ -218,9 +215,7 @@ def test_like_reference_lacking_a_condition_column(trained, tmp_path, capsys):
 
 def test_sampling_from_untrained_dir(tmp_path, capsys):
     (tmp_path / "never").mkdir()
-    assert (
-        main(["synth", "sample", str(tmp_path / "never"), "--n", "3", "--out", str(tmp_path / "o.h5ad")]) == 2
-    )
+    assert main(["synth", "sample", str(tmp_path / "never"), "--n", "3", "--out", str(tmp_path / "o.h5ad")]) == 2
     assert "incomplete" in capsys.readouterr().err
 
 
@@ -229,8 +224,5 @@ def test_evaluate_mismatched_genes(trained, tmp_path, capsys):
     other = make_count_adata(n_obs=40, n_vars=20)
     other.var_names = [f"X{i}" for i in range(20)]
     other.write_h5ad(tmp_path / "other.h5ad")
-    assert (
-        main(["synth", "evaluate", str(data), str(tmp_path / "other.h5ad"), "--out", str(tmp_path / "r")])
-        == 2
-    )
+    assert main(["synth", "evaluate", str(data), str(tmp_path / "other.h5ad"), "--out", str(tmp_path / "r")]) == 2
     assert "genes" in capsys.readouterr().err

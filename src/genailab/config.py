@@ -37,9 +37,7 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
     """Raise if ``value`` is not one of ``allowed``, listing the allowed values."""
     allowed = tuple(allowed)
     if value not in allowed:
-        raise InvalidInputError(
-            f"{name}={value!r} is not allowed; expected one of {', '.join(map(repr, allowed))}."
-        )
+        raise InvalidInputError(f"{name}={value!r} is not allowed; expected one of {', '.join(map(repr, allowed))}.")
 
 
 def check_positive(name: str, value: float, *, strict: bool = True, integer: bool = False) -> None:
@@ -84,9 +82,7 @@ class Config:
         names = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise InvalidInputError(
-                f"{cls.__name__}: unknown key(s) {unknown}; valid keys are {sorted(names)}."
-            )
+            raise InvalidInputError(f"{cls.__name__}: unknown key(s) {unknown}; valid keys are {sorted(names)}.")
         kwargs = {k: _coerce(f"{cls.__name__}.{k}", v, hints[k], from_string=False) for k, v in data.items()}
         return cls(**kwargs)
 
@@ -131,12 +127,7 @@ def _coerce(name: str, value: Any, hint: Any, *, from_string: bool) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        if (
-            from_string
-            and isinstance(value, str)
-            and value.lower() in {"none", "null", "~"}
-            and type(None) in args
-        ):
+        if from_string and isinstance(value, str) and value.lower() in {"none", "null", "~"} and type(None) in args:
             return None
         errors = []
         for arg in args:
@@ -154,9 +145,7 @@ def _coerce(name: str, value: Any, hint: Any, *, from_string: bool) -> Any:
                     return arg
         if value in args:
             return value
-        raise InvalidInputError(
-            f"{name}={value!r} is not allowed; expected one of {', '.join(map(repr, args))}."
-        )
+        raise InvalidInputError(f"{name}={value!r} is not allowed; expected one of {', '.join(map(repr, args))}.")
     if origin in (tuple, Sequence) or hint is tuple:
         if from_string and isinstance(value, str):
             parsed = _parse_scalar_string(value)
@@ -164,9 +153,7 @@ def _coerce(name: str, value: Any, hint: Any, *, from_string: bool) -> Any:
         if not isinstance(value, (list, tuple)):
             raise InvalidInputError(f"{name}={value!r} must be a list.")
         if args and len(args) == 2 and args[1] is Ellipsis:
-            return tuple(
-                _coerce(f"{name}[{i}]", v, args[0], from_string=from_string) for i, v in enumerate(value)
-            )
+            return tuple(_coerce(f"{name}[{i}]", v, args[0], from_string=from_string) for i, v in enumerate(value))
         if args:
             if len(args) != len(value):
                 raise InvalidInputError(f"{name}={value!r} must have {len(args)} items.")
@@ -184,11 +171,7 @@ def _coerce(name: str, value: Any, hint: Any, *, from_string: bool) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if (
-            from_string
-            and isinstance(value, str)
-            and value.lower() in {"true", "false", "1", "0", "yes", "no"}
-        ):
+        if from_string and isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
             return value.lower() in {"true", "1", "yes"}
         raise InvalidInputError(f"{name}={value!r} must be true or false.")
     if hint is int:
@@ -226,9 +209,7 @@ def parse_set_options(items: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
         if "=" not in item:
-            raise InvalidInputError(
-                f"--set {item!r} must look like key=value (e.g. --set train.max_epochs=5)."
-            )
+            raise InvalidInputError(f"--set {item!r} must look like key=value (e.g. --set train.max_epochs=5).")
         key, value = item.split("=", 1)
         key = key.strip()
         if not key:

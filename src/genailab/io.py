@@ -56,8 +56,7 @@ def check_writable(path: str | os.PathLike[str], *, argument: str = "out") -> Pa
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise OutputPathError(
-            f"{argument}={str(path)!r} cannot be written: {str(probe)!r} exists and is a file, "
-            "not a directory."
+            f"{argument}={str(path)!r} cannot be written: {str(probe)!r} exists and is a file, not a directory."
         )
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputPathError(

@@ -45,8 +45,7 @@ class Registry(Generic[T]):
         def decorator(item: T) -> T:
             if name in self._items and self._items[name] is not item:
                 raise InvalidInputError(
-                    f"{self.kind} {name!r} is already registered to {self._items[name]!r}; "
-                    "choose another name."
+                    f"{self.kind} {name!r} is already registered to {self._items[name]!r}; choose another name."
                 )
             self._items[name] = item
             return item

@@ -72,9 +72,7 @@ def read_json(path: Path, *, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(
-            f"{what}: {str(path)!r} is not valid JSON (truncated or corrupt): {err}."
-        ) from err
+        raise CheckpointError(f"{what}: {str(path)!r} is not valid JSON (truncated or corrupt): {err}.") from err
 
 
 def read_config(directory: str | os.PathLike[str], expected_class: str) -> dict[str, Any]:

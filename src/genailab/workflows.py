@@ -75,9 +75,7 @@ def train_vae_on(
     atomic_write_json(out / RUN_CONFIG, {**resolved, "versions": versions()})
 
     seed_everything(config.seed)
-    model = LatentTokenVAE.from_anndata(
-        adata, config.data, preset=config.preset, overrides=config.vae_overrides()
-    )
+    model = LatentTokenVAE.from_anndata(adata, config.data, preset=config.preset, overrides=config.vae_overrides())
     val_fraction = config.train.val_fraction
     split = (
         random_split(adata.n_obs, val_fraction=val_fraction, test_fraction=0.0, seed=config.seed)
@@ -217,9 +215,7 @@ def demo_config(*, seed: int = 0, quick: bool = False) -> Any:
         data=DataSpec(cell_type_key="bulk_labels"),
         condition_keys=("bulk_labels",),
         vae_preset="small",
-        vae_train=TrainConfig(
-            max_epochs=80, batch_size=64, lr=2e-3, early_stopping_patience=15, progress_bar=False
-        ),
+        vae_train=TrainConfig(max_epochs=80, batch_size=64, lr=2e-3, early_stopping_patience=15, progress_bar=False),
         backbone="dit",
         backbone_preset="small",
         diffusion=LatentDiffusionConfig(),
@@ -252,23 +248,17 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, quick: bool = False
     adata = pbmc68k_reduced()
     recovery = adata.uns.get("genailab_count_recovery", {})
     config = demo_config(seed=seed, quick=quick)
-    summary = train_synth_on(
-        adata, out / "model", config, data_desc={"source": "scanpy.datasets.pbmc68k_reduced"}
-    )
+    summary = train_synth_on(adata, out / "model", config, data_desc={"source": "scanpy.datasets.pbmc68k_reduced"})
     model = LatentDiffusionModel.from_pretrained(out / "model")
     vae = model.vae
     z = vae.get_latent(adata, key=ADATA_KEYS.LATENT)
     embedding = write_h5ad(adata, out / "embedding.h5ad")
     vae_summary = json.loads((out / "model" / "vae" / RUN_SUMMARY).read_text())
     vae_metrics = _vae_report_metrics(vae, adata, out / "model" / "vae", label_key="bulk_labels", z=z)
-    vae_metrics["count_recovery"] = {
-        k: (v.item() if hasattr(v, "item") else v) for k, v in dict(recovery).items()
-    }
+    vae_metrics["count_recovery"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in dict(recovery).items()}
     vae_metrics["train"] = vae_summary["train"]
     atomic_write_json(out / "vae_metrics.json", vae_metrics)
-    _write_vae_report(
-        out / "vae_report.html", vae, adata, z, vae_summary, vae_metrics, label_key="bulk_labels"
-    )
+    _write_vae_report(out / "vae_report.html", vae, adata, z, vae_summary, vae_metrics, label_key="bulk_labels")
 
     t0 = time.perf_counter()
     syn = model.sample(like=adata, seed=seed)
@@ -296,9 +286,7 @@ def run_demo(out: str | Path = "demo_out", *, seed: int = 0, quick: bool = False
     }
 
 
-def _vae_report_metrics(
-    model: Any, adata: Any, run_dir: Path, *, label_key: str, z: np.ndarray
-) -> dict[str, Any]:
+def _vae_report_metrics(model: Any, adata: Any, run_dir: Path, *, label_key: str, z: np.ndarray) -> dict[str, Any]:
     from genailab.data import Split, get_counts
     from genailab.evaluation import gene_nb_baseline_nll, knn_label_accuracy, marginal_agreement, silhouette
 
@@ -516,9 +504,7 @@ def _parse_conditions(items: list[str], *, option: str) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise InvalidInputError(
-                f"{option} {item!r} must look like key=value (e.g. {option} cell_type=B)."
-            )
+            raise InvalidInputError(f"{option} {item!r} must look like key=value (e.g. {option} cell_type=B).")
         out[key.strip()] = value.strip()
     return out
 
@@ -569,9 +555,7 @@ def sample_synth(
     model = LatentDiffusionModel.from_pretrained(model_dir)
     t0 = time.perf_counter()
     if like is not None:
-        syn = model.sample(
-            like=read_h5ad(like), guidance_scale=scale, steps=steps, sampler=sampler, seed=seed
-        )
+        syn = model.sample(like=read_h5ad(like), guidance_scale=scale, steps=steps, sampler=sampler, seed=seed)
     else:
         syn = model.sample(
             n,
@@ -663,7 +647,5 @@ def evaluate_synth(
     out_dir = check_writable(out_dir, argument="--out")
     real_ad, syn_ad = read_h5ad(real), read_h5ad(syn)
     metrics = evaluate_synthesis(real_ad, syn_ad, condition_key=condition_key, layer=layer, seed=seed)
-    write_synthesis_report(
-        out_dir, real_ad, syn_ad, metrics, condition_key=condition_key, layer=layer, seed=seed
-    )
+    write_synthesis_report(out_dir, real_ad, syn_ad, metrics, condition_key=condition_key, layer=layer, seed=seed)
     return metrics

@@ -40,9 +40,7 @@ def make_adata(
             "cell_type": pd.Categorical(rng.choice(["T", "B", "NK"], size=n_obs)),
             "batch": pd.Categorical(np.where(np.arange(n_obs) % 2 == 0, "b1", "b2")),
             "condition": pd.Categorical(conditions),
-            "cell_line": pd.Categorical(
-                np.array(["L1", "L2", "L3"])[(np.arange(n_obs) // len(CONDITIONS)) % 3]
-            ),
+            "cell_line": pd.Categorical(np.array(["L1", "L2", "L3"])[(np.arange(n_obs) // len(CONDITIONS)) % 3]),
             "age": rng.normal(50, 10, size=n_obs),
             "dose": pd.Categorical(["1+1" if "+" in c else "1" for c in conditions]),
         },
@@ -66,9 +64,7 @@ def shared_file(relative: str) -> Path:
     """Path of a file in the shared real-data folder, or skip the test with the reason."""
     root = shared_data_dir()
     if root is None:
-        pytest.skip(
-            "shared real-data folder not found (set GENAILAB_SHARED_DATA or put shared/data beside the repo)"
-        )
+        pytest.skip("shared real-data folder not found (set GENAILAB_SHARED_DATA or put shared/data beside the repo)")
     path = root / relative
     if not path.is_file():
         pytest.skip(f"real-data file {relative} is absent from {root}")

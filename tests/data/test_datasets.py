@@ -21,9 +21,7 @@ def test_shared_data_dir_env(tmp_path, monkeypatch):
 
 
 def test_load_shared_unknown_name():
-    with pytest.raises(
-        InvalidInputError, match="available: kang2018_pbmc_ctrl, norman19_mcfaline23, pbmc68k_reduced"
-    ):
+    with pytest.raises(InvalidInputError, match="available: kang2018_pbmc_ctrl, norman19_mcfaline23, pbmc68k_reduced"):
         load_shared("pbmc3k")
 
 

@@ -66,9 +66,7 @@ def _obs(draw, n_obs: int) -> pd.DataFrame:
             )
             cols[name] = pd.array(ages, dtype=object) if any(isinstance(a, str) for a in ages) else ages
         elif name == "dose":
-            cols[name] = draw(
-                st.lists(st.sampled_from(["1", "1+1", "x", "0.5"]), min_size=n_obs, max_size=n_obs)
-            )
+            cols[name] = draw(st.lists(st.sampled_from(["1", "1+1", "x", "0.5"]), min_size=n_obs, max_size=n_obs))
         else:
             labels = draw(st.lists(st.one_of(LABELS, st.none()), min_size=n_obs, max_size=n_obs))
             cols[name] = pd.Categorical(labels) if draw(st.booleans()) else labels

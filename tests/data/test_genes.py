@@ -12,9 +12,7 @@ from genailab.errors import GeneOverlapError, InvalidInputError, MissingKeyError
 
 from .conftest import KANG, ORG_HS, PBMC
 
-MAP = GeneIdMap.from_pairs(
-    [("CD3D", "ENSG00000167286"), ("MS4A1", "ENSG00000156738"), ("NKG7", "ENSG00000105374")]
-)
+MAP = GeneIdMap.from_pairs([("CD3D", "ENSG00000167286"), ("MS4A1", "ENSG00000156738"), ("NKG7", "ENSG00000105374")])
 
 
 def test_detect_id_type():

@@ -51,9 +51,7 @@ def test_batch_contents(adata):
     np.testing.assert_array_equal(batch[BATCH_KEYS.LIBRARY].numpy(), x[[5, 0, 17]].sum(1, keepdims=True))
     assert batch[BATCH_KEYS.LIBRARY].shape == (3, 1)
     assert batch[BATCH_KEYS.LIBRARY][1, 0] == 0
-    np.testing.assert_array_equal(
-        batch[BATCH_KEYS.CAT_COVS].numpy(), reg.encode_categorical(adata)[[5, 0, 17]]
-    )
+    np.testing.assert_array_equal(batch[BATCH_KEYS.CAT_COVS].numpy(), reg.encode_categorical(adata)[[5, 0, 17]])
     assert batch[BATCH_KEYS.CAT_COVS].dtype == torch.int64
     np.testing.assert_allclose(batch[BATCH_KEYS.CONT_COVS].numpy(), reg.encode_continuous(adata)[[5, 0, 17]])
     assert batch[BATCH_KEYS.INDICES].tolist() == [5, 0, 17]
@@ -102,9 +100,7 @@ def test_in_memory_and_backed_identical(tmp_path, make, sparse):
     _assert_same(_batches(CountsDataset(a, reg), **kwargs), _batches(CountsDataset(backed, reg), **kwargs))
     # duplicate and unsorted rows in one batch (h5py needs sorted unique reads)
     ds = CountsDataset(backed, reg)
-    np.testing.assert_array_equal(
-        ds[[9, 2, 9, 0]][BATCH_KEYS.COUNTS].numpy(), CountsDataset(a)[[9, 2, 9, 0]]["counts"]
-    )
+    np.testing.assert_array_equal(ds[[9, 2, 9, 0]][BATCH_KEYS.COUNTS].numpy(), CountsDataset(a)[[9, 2, 9, 0]]["counts"])
 
 
 def test_backed_with_workers(tmp_path, make):

@@ -124,9 +124,7 @@ def test_unknown_labels(adata):
     assert (col[:5] == -1).all()
     assert (col[5:] == reg.categories["cell_type"].index("T")).all()
     # other columns untouched
-    np.testing.assert_array_equal(
-        np.delete(codes, 0, axis=1), np.delete(reg.encode_categorical(adata[:10]), 0, axis=1)
-    )
+    np.testing.assert_array_equal(np.delete(codes, 0, axis=1), np.delete(reg.encode_categorical(adata[:10]), 0, axis=1))
     many = adata[:20].copy()
     many.obs["cell_type"] = [f"x{i}" for i in range(20)]
     with pytest.raises(UnknownLabelError, match="and 10 more"):

@@ -98,9 +98,7 @@ def test_perturbation_split(adata):
     assert _conditions(adata, s.test) == {"A", "A+B", "A+C"}
     assert "control" in _conditions(adata, s.train)
     assert "control" not in _conditions(adata, s.val)
-    assert (adata.obs["condition"].iloc[s.train] == "control").sum() == (
-        adata.obs["condition"] == "control"
-    ).sum()
+    assert (adata.obs["condition"].iloc[s.train] == "control").sum() == (adata.obs["condition"] == "control").sum()
     r1 = holdout_perturbation_split(adata.obs, "condition", n_holdout=2, seed=5)
     assert r1 == holdout_perturbation_split(adata.obs, "condition", n_holdout=2, seed=5)
     assert len(r1.params["held_out"]) == 2
@@ -151,9 +149,7 @@ def test_combination_split_n_holdout_and_errors(adata):
 
 
 def test_context_split(adata):
-    s = context_split(
-        adata.obs, "condition", "cell_line", [("A", "L1"), ("B+C", "L2")], val_fraction=0.2, seed=0
-    )
+    s = context_split(adata.obs, "condition", "cell_line", [("A", "L1"), ("B+C", "L2")], val_fraction=0.2, seed=0)
     _check_partition(s, adata.n_obs)
     test = adata.obs.iloc[s.test]
     assert set(zip(test["condition"].astype(str), test["cell_line"].astype(str), strict=True)) == {

@@ -68,7 +68,5 @@ def test_compose_errors():
         compose_guidance(full, dropped, {"key0": 2.0, "other": 2.0})
     with pytest.raises(InvalidInputError, match="guidance_scale\\['key0'\\]=nan"):
         compose_guidance(full, dropped, {"key0": math.nan})
-    with pytest.raises(
-        InvalidInputError, match="dropped\\['key1'\\] must be a tensor with the shape of full"
-    ):
+    with pytest.raises(InvalidInputError, match="dropped\\['key1'\\] must be a tensor with the shape of full"):
         compose_guidance(full, {**dropped, "key1": full[:1]}, {"key1": 2.0})

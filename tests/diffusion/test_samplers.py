@@ -112,9 +112,7 @@ def test_partial_noising_stays_near_start(sampler, objective, schedule):
     t = torch.full((512,), t_start)
     x_start = obj.add_noise(x_real, torch.randn(512, 4, generator=g), t)
     sigma = obj.noise_schedule.alpha_sigma(t)[1][0].item()
-    x = sample(
-        sampler, gaussian_denoiser(obj), obj, (512, 4), steps=5, x_start=x_start, t_start=t_start, generator=g
-    )
+    x = sample(sampler, gaussian_denoiser(obj), obj, (512, 4), steps=5, x_start=x_start, t_start=t_start, generator=g)
     rms = (x - x_real).pow(2).mean().sqrt().item()
     assert rms < 2 * sigma < 0.2  # a full run from t=1 would land ~0.7 away
 
@@ -177,15 +175,11 @@ def test_argument_errors():
             sample("ddim", den, obj, bad_shape, steps=2)
     with pytest.raises(InvalidInputError, match="x_start must be a tensor of shape \\(2, 3\\)"):
         sample("ddim", den, obj, (2, 3), steps=2, x_start=torch.zeros(3, 2))
-    with pytest.raises(
-        InvalidInputError, match="denoise\\(x_t, t\\) must return a tensor of shape \\(2, 3\\)"
-    ):
+    with pytest.raises(InvalidInputError, match="denoise\\(x_t, t\\) must return a tensor of shape \\(2, 3\\)"):
         sample("ddim", lambda x, t: x[:, :1], obj, (2, 3), steps=2)
     with pytest.raises(InvalidInputError, match="objective must be a DiffusionObjective"):
         sample("ddim", den, "eps", (2, 3), steps=2)
-    with pytest.raises(
-        InvalidInputError, match="unknown sampler 'lms'.*ddim, ddpm, dpm\\+\\+2m, euler, heun"
-    ):
+    with pytest.raises(InvalidInputError, match="unknown sampler 'lms'.*ddim, ddpm, dpm\\+\\+2m, euler, heun"):
         sample("lms", den, obj, (2, 3), steps=2)
     with pytest.raises(InvalidInputError, match="unknown sampler"):
         nfe("lms", 3)

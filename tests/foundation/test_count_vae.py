@@ -186,3 +186,15 @@ def test_bf16_autocast_forward(tiny_adata):
         out = model.training_step(batch)
     assert torch.isfinite(out.loss)
     assert BATCH_KEYS.COUNTS in batch
+
+
+def test_seeded_evaluation_leaves_the_global_rng_alone(tiny_adata):
+    model = _model(tiny_adata)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    model.reconstruct(tiny_adata, sample=True, seed=7)
+    model.evaluate_nll(tiny_adata, seed=7)
+    torch.testing.assert_close(torch.rand(3), expected)
+    a = model.reconstruct(tiny_adata, sample=True, seed=7)
+    np.testing.assert_array_equal(a, model.reconstruct(tiny_adata, sample=True, seed=7))

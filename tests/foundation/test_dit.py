@@ -23,9 +23,7 @@ def _one_thread():
 
 def make_dit(conditioning: str = "adaln", **kw) -> DiT:
     fields = {"hidden_dim": 16, "depth": 2, "n_heads": 2, **kw}
-    return DiT(
-        DiTConfig(n_tokens=N, token_dim=D, n_cond_tokens=K, cond_dim=C, conditioning=conditioning, **fields)
-    )
+    return DiT(DiTConfig(n_tokens=N, token_dim=D, n_cond_tokens=K, cond_dim=C, conditioning=conditioning, **fields))
 
 
 def randomise(m: DiT) -> DiT:
@@ -74,7 +72,12 @@ class TestDiTUnconditionalNoMask(BackboneContract):
 
 def test_registry_and_presets():
     assert BACKBONES.get("dit") is DiT
-    for preset, (w, depth, heads) in {"tiny": (64, 2, 4), "small": (256, 4, 4), "base": (512, 8, 8)}.items():
+    for preset, (w, depth, heads) in {
+        "tiny": (64, 2, 4),
+        "small": (128, 3, 4),
+        "base": (256, 6, 4),
+        "large": (512, 8, 8),
+    }.items():
         cfg = getattr(DiTConfig, preset)(8, 16, 2, 5, conditioning="film")
         assert (cfg.hidden_dim, cfg.depth, cfg.n_heads) == (w, depth, heads)
         assert (cfg.n_tokens, cfg.token_dim, cfg.n_cond_tokens, cfg.cond_dim, cfg.conditioning) == (

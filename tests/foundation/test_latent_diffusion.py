@@ -24,9 +24,7 @@ def adata():
 
 @pytest.fixture(scope="module")
 def vae(adata):
-    spec = DataSpec(
-        batch_key="batch", categorical_covariate_keys=("cell_type",), continuous_covariate_keys=("age",)
-    )
+    spec = DataSpec(batch_key="batch", categorical_covariate_keys=("cell_type",), continuous_covariate_keys=("age",))
     model = LatentTokenVAE.from_anndata(adata, spec, preset="tiny")
     model.fit(adata, FAST, seed=0)
     return model

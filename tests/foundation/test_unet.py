@@ -64,9 +64,7 @@ def test_registry_and_presets():
     assert UNet1DConfig.from_json(small.to_json()) == small
 
 
-@pytest.mark.parametrize(
-    ("n", "levels", "expected"), [(1, 2, 0), (2, 2, 1), (3, 2, 2), (5, 3, 3), (16, 2, 2)]
-)
+@pytest.mark.parametrize(("n", "levels", "expected"), [(1, 2, 0), (2, 2, 1), (3, 2, 2), (5, 3, 3), (16, 2, 2)])
 def test_levels_are_clipped_to_the_token_count(n, levels, expected):
     m = make_unet(n, levels=levels, channel_mults=(1,) * levels)
     assert m.config.effective_levels == expected == len(m.down) == len(m.up)

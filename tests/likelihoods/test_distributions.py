@@ -12,9 +12,7 @@ from genailab.likelihoods import NegativeBinomial, Poisson, ZeroInflatedNegative
 N_DRAWS = 40_000
 
 
-def _assert_moments(
-    draws: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor, n_se: float = 5.0
-) -> None:
+def _assert_moments(draws: torch.Tensor, mean: torch.Tensor, variance: torch.Tensor, n_se: float = 5.0) -> None:
     """Sample mean and variance within ``n_se`` standard errors of the analytic ones, per column."""
     d = draws.double()
     n = d.shape[0]
@@ -43,9 +41,7 @@ def test_nb_log_prob_matches_scipy_and_broadcasts():
     assert nb.batch_shape == (2, 3)
     x = torch.tensor([[0.0, 3.0, 70.0], [1.0, 0.0, 55.0]], dtype=torch.float64)
     m, t = nb.mu.numpy(), nb.theta.numpy()
-    np.testing.assert_allclose(
-        nb.log_prob(x).numpy(), stats.nbinom.logpmf(x.numpy(), t, t / (t + m)), rtol=1e-10
-    )
+    np.testing.assert_allclose(nb.log_prob(x).numpy(), stats.nbinom.logpmf(x.numpy(), t, t / (t + m)), rtol=1e-10)
 
 
 def test_nb_moments_exact_and_match_scipy():
@@ -68,9 +64,7 @@ def test_nb_monte_carlo_moments():
 
 def test_nb_sampling_is_robust_at_extremes():
     torch.manual_seed(2)
-    nb = NegativeBinomial(
-        torch.tensor([0.0, 1e-8, 3.0, 1e6, 2.0]), torch.tensor([1.0, 1e-3, 1e30, 1e-3, 1e-8])
-    )
+    nb = NegativeBinomial(torch.tensor([0.0, 1e-8, 3.0, 1e6, 2.0]), torch.tensor([1.0, 1e-3, 1e30, 1e-3, 1e-8]))
     draws = nb.sample((2000,))
     assert torch.isfinite(draws).all()
     assert _is_count(draws)
@@ -185,9 +179,7 @@ def test_poisson_log_prob_mu_alias_and_moments():
     assert isinstance(pois, torch.distributions.Poisson)
     assert pois.mu is pois.rate
     x = torch.tensor([1.0, 0.0, 140.0], dtype=torch.float64)
-    np.testing.assert_allclose(
-        pois.log_prob(x).numpy(), stats.poisson.logpmf(x.numpy(), rate.numpy()), rtol=1e-10
-    )
+    np.testing.assert_allclose(pois.log_prob(x).numpy(), stats.poisson.logpmf(x.numpy(), rate.numpy()), rtol=1e-10)
     torch.testing.assert_close(pois.mean, rate)
     torch.testing.assert_close(pois.variance, rate)
 

@@ -68,9 +68,7 @@ def test_nb_matches_scipy_on_extreme_grid():
 
 def test_nb_matches_50_digit_reference_in_float64_and_float32():
     pytest.importorskip("mpmath")
-    grid = list(
-        itertools.product([0, 1, 7, 1e3, 1e6], [1e-6, 0.1, 3.0, 1e3, 1e6], [1e-3, 0.5, 20.0, 1e5, 1e8])
-    )
+    grid = list(itertools.product([0, 1, 7, 1e3, 1e6], [1e-6, 0.1, 3.0, 1e3, 1e6], [1e-3, 0.5, 20.0, 1e5, 1e8]))
     x, mu, theta = (np.array(v) for v in zip(*grid, strict=True))
     ref = np.array([_mp_nb(*g) for g in grid])
     scale = np.maximum(1.0, np.abs(ref))
@@ -139,9 +137,7 @@ def test_nb_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda m, t: log_nb_positive(x, m, t), (mu, theta))
     x_pos = x[x > 0].clone().requires_grad_()
     keep = x > 0
-    assert torch.autograd.gradcheck(
-        lambda a: log_nb_positive(a, mu.detach()[keep], theta.detach()[keep]), (x_pos,)
-    )
+    assert torch.autograd.gradcheck(lambda a: log_nb_positive(a, mu.detach()[keep], theta.detach()[keep]), (x_pos,))
 
 
 def test_nb_float32_gradients_match_float64_textbook():
@@ -179,9 +175,7 @@ def test_nb_broadcasts_and_accepts_numbers():
     assert lp.shape == (4, 3)
     assert lp.dtype == torch.float32
     lp_int = log_nb_positive(torch.tensor([0, 2, 5]), torch.tensor([1.0, 2.0, 3.0]), torch.tensor(2.0))
-    torch.testing.assert_close(
-        lp_int, log_nb_positive(torch.tensor([0.0, 2, 5]), torch.tensor([1.0, 2, 3]), 2.0)
-    )
+    torch.testing.assert_close(lp_int, log_nb_positive(torch.tensor([0.0, 2, 5]), torch.tensor([1.0, 2, 3]), 2.0))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -192,9 +186,7 @@ def test_nb_low_precision_inputs_upcast_to_float32(dtype):
     got = log_nb_positive(x.to(dtype), mu.to(dtype), theta.to(dtype))
     assert got.dtype == torch.float32
     # identical to float32 on the rounded values, and close to float32 on the exact ones
-    torch.testing.assert_close(
-        got, log_nb_positive(x.to(dtype).float(), mu.to(dtype).float(), theta.to(dtype).float())
-    )
+    torch.testing.assert_close(got, log_nb_positive(x.to(dtype).float(), mu.to(dtype).float(), theta.to(dtype).float()))
     torch.testing.assert_close(got, log_nb_positive(x, mu, theta), rtol=0.02, atol=0.05)
 
 
@@ -215,9 +207,7 @@ def test_zinb_without_inflation_equals_nb():
     mu = torch.tensor([0.5, 10.0, 1.0, 3.0, 45.0])
     theta = torch.tensor([1.0, 0.3, 2.0, 1e8, 5.0])
     nb = log_nb_positive(x, mu, theta)
-    torch.testing.assert_close(
-        log_zinb_positive(x, mu, theta, torch.full_like(x, -30.0)), nb, rtol=0, atol=1e-6
-    )
+    torch.testing.assert_close(log_zinb_positive(x, mu, theta, torch.full_like(x, -30.0)), nb, rtol=0, atol=1e-6)
     torch.testing.assert_close(log_zinb_positive(x, mu, theta, torch.full_like(x, -float("inf"))), nb)
 
 

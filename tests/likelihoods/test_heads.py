@@ -66,9 +66,7 @@ def test_unknown_dispersion_lists_registered_names(name):
         make_count_head(name, H, G, dispersion="gene-batch")
 
 
-@pytest.mark.parametrize(
-    ("arg", "value"), [("n_hidden", 0), ("n_genes", -2), ("n_genes", 2.5), ("n_conditions", 0)]
-)
+@pytest.mark.parametrize(("arg", "value"), [("n_hidden", 0), ("n_genes", -2), ("n_genes", 2.5), ("n_conditions", 0)])
 def test_bad_sizes_raise(arg, value):
     kwargs = {"n_hidden": H, "n_genes": G, "n_conditions": None, arg: value}
     with pytest.raises(InvalidInputError, match=arg):

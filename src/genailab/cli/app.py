@@ -92,15 +92,9 @@ def vae_encode(
     gene_key: Annotated[
         str | None, typer.Option("--gene-key", help="var column with gene IDs (default var_names).")
     ] = None,
-    id_map: Annotated[
-        Path | None, typer.Option("--id-map", help="TSV with 'symbol' and 'ensembl_id' columns.")
-    ] = None,
-    min_overlap: Annotated[
-        float, typer.Option("--min-overlap", help="Minimum fraction of model genes present.")
-    ] = 0.5,
-    unknown: Annotated[
-        str, typer.Option("--unknown", help="Unseen batch labels: 'error' or 'unknown'.")
-    ] = "error",
+    id_map: Annotated[Path | None, typer.Option("--id-map", help="TSV with 'symbol' and 'ensembl_id' columns.")] = None,
+    min_overlap: Annotated[float, typer.Option("--min-overlap", help="Minimum fraction of model genes present.")] = 0.5,
+    unknown: Annotated[str, typer.Option("--unknown", help="Unseen batch labels: 'error' or 'unknown'.")] = "error",
     standardize: Annotated[
         bool, typer.Option("--standardize", help="Write standardised (diffusion-scale) latents.")
     ] = False,
@@ -166,19 +160,13 @@ def synth_sample(
     model_dir: Annotated[Path, typer.Argument(help="A directory written by 'genailab synth train'.")],
     out: Annotated[Path, typer.Option("--out", help="Output .h5ad of synthetic integer counts.")],
     n: Annotated[int | None, typer.Option("--n", help="Number of cells to generate.")] = None,
-    condition: Annotated[
-        list[str] | None, typer.Option("--condition", help="key=value, once per key.")
-    ] = None,
-    like: Annotated[
-        Path | None, typer.Option("--like", help="Reference .h5ad: one synthetic cell per cell.")
-    ] = None,
+    condition: Annotated[list[str] | None, typer.Option("--condition", help="key=value, once per key.")] = None,
+    like: Annotated[Path | None, typer.Option("--like", help="Reference .h5ad: one synthetic cell per cell.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps.")] = None,
     guidance: Annotated[
         str | None, typer.Option("--guidance", help="Guidance scale, or per key: cell_type=3,sample_id=1.")
     ] = None,
-    sampler: Annotated[
-        str | None, typer.Option("--sampler", help="euler, heun, ddim, ddpm or dpm++2m.")
-    ] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="euler, heun, ddim, ddpm or dpm++2m.")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Generate synthetic cells (integer counts) for given conditions or like a reference."""
@@ -204,9 +192,7 @@ def synth_counterfactual(
     data: Annotated[Path, typer.Argument(help="Real cells (.h5ad) to transform.")],
     out: Annotated[Path, typer.Option("--out", help="Output .h5ad, one counterfactual cell per input cell.")],
     set_condition: Annotated[list[str], typer.Option("--set-condition", help="key=value to impose.")],
-    strength: Annotated[
-        float, typer.Option("--strength", help="Noise level in (0, 1]: how far cells may move.")
-    ] = 0.6,
+    strength: Annotated[float, typer.Option("--strength", help="Noise level in (0, 1]: how far cells may move.")] = 0.6,
     steps: Annotated[int | None, typer.Option("--steps")] = None,
     guidance: Annotated[str | None, typer.Option("--guidance")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -232,9 +218,7 @@ def synth_evaluate(
     real: Annotated[Path, typer.Argument(help="Real cells (.h5ad).")],
     syn: Annotated[Path, typer.Argument(help="Synthetic cells (.h5ad) with the same genes.")],
     out: Annotated[Path, typer.Option("--out", help="Report directory (metrics.json, report.html).")],
-    condition_key: Annotated[
-        str | None, typer.Option("--condition-key", help="Report per value of this key.")
-    ] = None,
+    condition_key: Annotated[str | None, typer.Option("--condition-key", help="Report per value of this key.")] = None,
     layer: Annotated[str | None, typer.Option("--layer")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:

@@ -473,9 +473,7 @@ def recover_counts(
     """
     _check_adata(adata)
     if method not in ("library_size", "min_nonzero"):
-        raise InvalidInputError(
-            f"method={method!r} is not allowed; expected 'library_size' or 'min_nonzero'."
-        )
+        raise InvalidInputError(f"method={method!r} is not allowed; expected 'library_size' or 'min_nonzero'.")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 0.5:
         raise InvalidInputError(f"tolerance={tolerance!r} must be a number in (0, 0.5).")
     if not isinstance(source, str) or not source:
@@ -537,9 +535,7 @@ def recover_counts(
 
     if method == "library_size":
         if library_key is None:
-            raise InvalidInputError(
-                "method='library_size' needs library_key (an obs column of library sizes)."
-            )
+            raise InvalidInputError("method='library_size' needs library_key (an obs column of library sizes).")
         if library_key not in adata.obs.columns:
             raise MissingKeyError(
                 f"library_key={library_key!r} is not an obs column; available obs columns: "
@@ -555,8 +551,7 @@ def recover_counts(
         if not (np.isfinite(lib) & (lib > 0)).all():
             n_bad = int((~(np.isfinite(lib) & (lib > 0))).sum())
             raise InvalidInputError(
-                f"obs[{library_key!r}] must hold positive finite library sizes; {n_bad} of {n_obs} cells do "
-                "not."
+                f"obs[{library_key!r}] must hold positive finite library sizes; {n_bad} of {n_obs} cells do not."
             )
         scale = lib / float(target_sum)
     else:
@@ -599,9 +594,7 @@ def recover_counts(
             "log1p(normalize_total(counts)) without further scaling."
         )
     if rounded.size and rounded.max() > np.iinfo(np.int32).max:
-        raise InvalidCountsError(
-            f"{where}: recovered counts exceed the int32 range (max {rounded.max():.3g})."
-        )
+        raise InvalidCountsError(f"{where}: recovered counts exceed the int32 range (max {rounded.max():.3g}).")
     ints = rounded.astype(np.int32)
     if sparse:
         x_out: Any = sp.csr_matrix((ints, csr.indices.copy(), csr.indptr.copy()), shape=csr.shape)

@@ -81,15 +81,12 @@ def pbmc68k_reduced() -> AnnData:
         import scanpy as sc
     except ImportError as err:
         raise ImportError(
-            "pbmc68k_reduced() needs scanpy for its bundled data; install it with pip install "
-            "'genailab[scanpy]'."
+            "pbmc68k_reduced() needs scanpy for its bundled data; install it with pip install 'genailab[scanpy]'."
         ) from err
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         raw = sc.datasets.pbmc68k_reduced()
-    counts, _ = recover_counts(
-        raw, source="raw", method="library_size", library_key="n_counts", target_sum=1e4
-    )
+    counts, _ = recover_counts(raw, source="raw", method="library_size", library_key="n_counts", target_sum=1e4)
     return counts
 
 
@@ -114,9 +111,7 @@ def load_shared(name: str, *, backed: bool = False) -> AnnData:
         is absent.
     """
     if name not in SHARED_DATASETS:
-        raise InvalidInputError(
-            f"unknown shared dataset {name!r}; available: {', '.join(sorted(SHARED_DATASETS))}."
-        )
+        raise InvalidInputError(f"unknown shared dataset {name!r}; available: {', '.join(sorted(SHARED_DATASETS))}.")
     root = shared_data_dir()
     if root is None:
         raise InvalidInputError(
@@ -129,6 +124,5 @@ def load_shared(name: str, *, backed: bool = False) -> AnnData:
         if path.is_file():
             return read_h5ad(path, backed=backed)
     raise InvalidInputError(
-        f"shared dataset {name!r} is absent from {str(root)!r} (looked for "
-        f"{', '.join(SHARED_DATASETS[name])})."
+        f"shared dataset {name!r} is absent from {str(root)!r} (looked for {', '.join(SHARED_DATASETS[name])})."
     )

@@ -70,9 +70,7 @@ class GeneIdMap:
             try:
                 symbol, ensembl = item
             except (TypeError, ValueError):
-                raise InvalidInputError(
-                    f"pairs must hold (symbol, ensembl_id) tuples, got {item!r}."
-                ) from None
+                raise InvalidInputError(f"pairs must hold (symbol, ensembl_id) tuples, got {item!r}.") from None
             if not isinstance(symbol, str) or not isinstance(ensembl, str) or not symbol or not ensembl:
                 continue
             ensembl = strip_ensembl_version(ensembl.strip())
@@ -110,9 +108,7 @@ class GeneIdMap:
 
         p = Path(path)
         if not p.is_file():
-            raise InvalidInputError(
-                f"path={str(path)!r} does not exist or is not a file; expected a TSV gene map."
-            )
+            raise InvalidInputError(f"path={str(path)!r} does not exist or is not a file; expected a TSV gene map.")
         try:
             df = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False)
         except Exception as err:  # pandas raises many parser errors
@@ -356,8 +352,7 @@ def align_genes(
         seen: set[str] = set()
         dups = [t for t in target_norm if t in seen or seen.add(t)]
         raise InvalidInputError(
-            f"target_genes has {dup_t} duplicate name(s) (e.g. {dups[:3]}); a model's gene list must be "
-            "unique."
+            f"target_genes has {dup_t} duplicate name(s) (e.g. {dups[:3]}); a model's gene list must be unique."
         )
     src_type = detect_id_type(source)
     tgt_type = detect_id_type(target)
@@ -392,9 +387,7 @@ def align_genes(
     n_target = len(target)
     n_matched = int(mask.sum())
     target_set = set(target_norm)
-    extra = [
-        source[i] for i, k in enumerate(keys) if k is None or (k not in target_set and position.get(k) == i)
-    ]
+    extra = [source[i] for i, k in enumerate(keys) if k is None or (k not in target_set and position.get(k) == i)]
     report = GeneAlignmentReport(
         n_target=n_target,
         n_source=len(source),
@@ -456,8 +449,7 @@ def apply_alignment(matrix_rows: Any, alignment: GeneAlignment) -> np.ndarray:
     shape = getattr(matrix_rows, "shape", None)
     if shape is None or len(shape) != 2 or shape[1] != alignment.n_source:
         raise InvalidInputError(
-            f"matrix_rows has shape {shape}; expected (B, {alignment.n_source}) columns in the dataset's "
-            "gene order."
+            f"matrix_rows has shape {shape}; expected (B, {alignment.n_source}) columns in the dataset's gene order."
         )
     n_rows = int(shape[0])
     g_t = alignment.n_target

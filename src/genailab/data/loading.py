@@ -144,19 +144,13 @@ class CountsDataset(Dataset):
         if not isinstance(adata, AnnData):
             raise InvalidInputError(f"adata must be an anndata.AnnData, got {type(adata).__name__}.")
         if registry is not None and not isinstance(registry, DataRegistry):
-            raise InvalidInputError(
-                f"registry must be a DataRegistry or None, got {type(registry).__name__}."
-            )
+            raise InvalidInputError(f"registry must be a DataRegistry or None, got {type(registry).__name__}.")
         if alignment is not None and not isinstance(alignment, GeneAlignment):
-            raise InvalidInputError(
-                f"alignment must be a GeneAlignment or None, got {type(alignment).__name__}."
-            )
+            raise InvalidInputError(f"alignment must be a GeneAlignment or None, got {type(alignment).__name__}.")
         if layer is None and registry is not None:
             layer = registry.spec.layer
         matrix = get_counts(adata, layer)
-        filename = (
-            str(adata.filename) if adata.isbacked and layer is None and adata.filename is not None else None
-        )
+        filename = str(adata.filename) if adata.isbacked and layer is None and adata.filename is not None else None
         self._reader = _RowReader(matrix, filename)
         n_obs, n_vars = adata.shape
         if alignment is not None and alignment.n_source != n_vars:
@@ -345,9 +339,7 @@ class TensorBatchDataset(Dataset):
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
         sizes = {k: int(v.shape[0]) for k, v in tensors.items()}
         if not sizes or len(set(sizes.values())) != 1:
-            raise InvalidInputError(
-                f"tensors must be non-empty and share their first dimension, got {sizes}."
-            )
+            raise InvalidInputError(f"tensors must be non-empty and share their first dimension, got {sizes}.")
         self.tensors = tensors
         self.n = next(iter(sizes.values()))
 

@@ -131,9 +131,7 @@ def _column(adata: Any, key: str, role: str) -> pd.Series:
     if not isinstance(adata, AnnData):
         raise InvalidInputError(f"adata must be an anndata.AnnData, got {type(adata).__name__}.")
     if key not in adata.obs.columns:
-        raise MissingKeyError(
-            f"{role}={key!r} is not an obs column; available obs columns: {_available(adata.obs)}."
-        )
+        raise MissingKeyError(f"{role}={key!r} is not an obs column; available obs columns: {_available(adata.obs)}.")
     return adata.obs[key]
 
 
@@ -191,9 +189,7 @@ class DataRegistry:
             if len(cats) == 0 or len(set(cats)) != len(cats):
                 raise InvalidInputError(f"DataRegistry: categories of {key!r} must be non-empty and unique.")
         missing_c = [
-            k
-            for k in self.spec.continuous_keys()
-            if k not in self.continuous_means or k not in self.continuous_stds
+            k for k in self.spec.continuous_keys() if k not in self.continuous_means or k not in self.continuous_stds
         ]
         if missing_c:
             raise InvalidInputError(f"DataRegistry: mean/std missing for continuous keys {missing_c}.")
@@ -242,9 +238,7 @@ class DataRegistry:
                 )
             cats = tuple(sorted(set(labels.tolist())))
             if not cats:
-                raise InvalidInputError(
-                    f"obs[{key!r}] has no labels (adata has no cells); cannot register it."
-                )
+                raise InvalidInputError(f"obs[{key!r}] has no labels (adata has no cells); cannot register it.")
             categories[key] = cats
             labels_by_key[key] = labels
         perturbations: tuple[str, ...] = ()
@@ -259,16 +253,13 @@ class DataRegistry:
                 )
             singles: set[str] = set()
             for label in categories[spec.perturbation_key]:
-                singles.update(
-                    _split(label, spec.control_value, spec.combination_delimiter, key=spec.perturbation_key)
-                )
+                singles.update(_split(label, spec.control_value, spec.combination_delimiter, key=spec.perturbation_key))
             perturbations = tuple(sorted(singles))
         if spec.dose_key is not None:
             dose_labels, isna = _label_strings(_column(adata, spec.dose_key, "dose_key"))
             if isna.any():
                 raise InvalidInputError(
-                    f"obs[{spec.dose_key!r}] has {int(isna.sum())} cells with a missing (NaN) dose; fill or "
-                    "drop them."
+                    f"obs[{spec.dose_key!r}] has {int(isna.sum())} cells with a missing (NaN) dose; fill or drop them."
                 )
             for value in set(dose_labels.tolist()):
                 _parse_dose(value, spec.combination_delimiter, key=spec.dose_key)
@@ -310,14 +301,11 @@ class DataRegistry:
     def _cats(self, key: str) -> tuple[str, ...]:
         if key not in self.categories:
             raise MissingKeyError(
-                f"key={key!r} is not a registered categorical key; registered keys: "
-                f"{list(self.categorical_keys())}."
+                f"key={key!r} is not a registered categorical key; registered keys: {list(self.categorical_keys())}."
             )
         return self.categories[key]
 
-    def encode_categorical(
-        self, adata: AnnData, unknown: Literal["error", "unknown"] = "error"
-    ) -> np.ndarray:
+    def encode_categorical(self, adata: AnnData, unknown: Literal["error", "unknown"] = "error") -> np.ndarray:
         """Integer codes of the categorical keys, ``(n_obs, K)`` int64, in :meth:`categorical_keys` order.
 
         Parameters
@@ -372,9 +360,7 @@ class DataRegistry:
                 shown = ", ".join(repr(u) for u in unseen[:10])
                 more = f" (and {len(unseen) - 10} more)" if len(unseen) > 10 else ""
                 known_list = list(self.categories[key])
-                known_str = ", ".join(repr(k) for k in known_list[:30]) + (
-                    " ..." if len(known_list) > 30 else ""
-                )
+                known_str = ", ".join(repr(k) for k in known_list[:30]) + (" ..." if len(known_list) > 30 else "")
                 raise UnknownLabelError(
                     f"obs[{key!r}] has {len(unseen)} label(s) not seen at registration: {shown}{more} "
                     f"({int(bad.sum())} cells). Known labels: {known_str}. Register the data again, drop "
@@ -429,9 +415,7 @@ class DataRegistry:
 
         Parts equal to the control value are dropped (``'KLF1+ctrl'`` -> ``('KLF1',)``).
         """
-        return _split(
-            label, self.spec.control_value, self.spec.combination_delimiter, key=self.spec.perturbation_key
-        )
+        return _split(label, self.spec.control_value, self.spec.combination_delimiter, key=self.spec.perturbation_key)
 
     def parse_dose(self, value: Any) -> tuple[float, ...]:
         """Doses of a dose label (``'1+1'`` -> ``(1.0, 1.0)``; ``0.5`` -> ``(0.5,)``)."""
@@ -446,8 +430,7 @@ class DataRegistry:
             "categories": {k: list(v) for k, v in self.categories.items()},
             "perturbations": list(self.perturbations),
             "continuous": {
-                k: {"mean": self.continuous_means[k], "std": self.continuous_stds[k]}
-                for k in self.continuous_keys()
+                k: {"mean": self.continuous_means[k], "std": self.continuous_stds[k]} for k in self.continuous_keys()
             },
         }
 
@@ -455,9 +438,7 @@ class DataRegistry:
     def from_dict(cls, data: Mapping[str, Any]) -> DataRegistry:
         """Inverse of :meth:`to_dict`."""
         if not isinstance(data, Mapping) or "spec" not in data or "categories" not in data:
-            raise InvalidInputError(
-                "DataRegistry.from_dict: expected a mapping with 'spec' and 'categories'."
-            )
+            raise InvalidInputError("DataRegistry.from_dict: expected a mapping with 'spec' and 'categories'.")
         cont = data.get("continuous", {})
         try:
             return cls(
@@ -470,9 +451,7 @@ class DataRegistry:
         except (TypeError, KeyError, AttributeError, ValueError) as err:
             if isinstance(err, InvalidInputError):
                 raise
-            raise InvalidInputError(
-                f"DataRegistry.from_dict: malformed data ({type(err).__name__}: {err})."
-            ) from err
+            raise InvalidInputError(f"DataRegistry.from_dict: malformed data ({type(err).__name__}: {err}).") from err
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Atomically write the registry as JSON."""
@@ -483,9 +462,7 @@ class DataRegistry:
         """Read a registry written by :meth:`save`."""
         p = Path(path)
         if not p.is_file():
-            raise InvalidInputError(
-                f"path={str(path)!r} does not exist or is not a file; expected a registry JSON."
-            )
+            raise InvalidInputError(f"path={str(path)!r} does not exist or is not a file; expected a registry JSON.")
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -588,7 +565,6 @@ def _continuous(adata: AnnData, key: str) -> np.ndarray:
     bad = ~np.isfinite(values)
     if bad.any():
         raise InvalidInputError(
-            f"obs[{key!r}] has {int(bad.sum())} of {len(values)} cells with NaN or infinite values; "
-            "fill or drop them."
+            f"obs[{key!r}] has {int(bad.sum())} of {len(values)} cells with NaN or infinite values; fill or drop them."
         )
     return values

@@ -113,9 +113,7 @@ class Split:
                 default=-1,
             )
             if top >= n_obs:
-                raise InvalidInputError(
-                    f"split {self.name!r}: index {top} is out of range for n_obs={n_obs}."
-                )
+                raise InvalidInputError(f"split {self.name!r}: index {top} is out of range for n_obs={n_obs}.")
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -171,9 +169,7 @@ class Split:
         """Read a split written by :meth:`save`."""
         p = Path(path)
         if not p.is_file():
-            raise InvalidInputError(
-                f"path={str(path)!r} does not exist or is not a file; expected a split JSON."
-            )
+            raise InvalidInputError(f"path={str(path)!r} does not exist or is not a file; expected a split JSON.")
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -195,9 +191,7 @@ def _obs_frame(obs: Any) -> pd.DataFrame:
         return obs.obs
     if isinstance(obs, pd.DataFrame):
         return obs
-    raise InvalidInputError(
-        f"obs must be a pandas DataFrame (adata.obs) or an AnnData, got {type(obs).__name__}."
-    )
+    raise InvalidInputError(f"obs must be a pandas DataFrame (adata.obs) or an AnnData, got {type(obs).__name__}.")
 
 
 def _labels(obs: pd.DataFrame, key: Any, argument: str) -> np.ndarray:
@@ -228,14 +222,10 @@ def _values_tuple(values: Any, argument: str) -> tuple[str, ...]:
 
 def _available(labels: np.ndarray, limit: int = 30) -> str:
     uniq = sorted(set(labels.tolist()))
-    return ", ".join(repr(u) for u in uniq[:limit]) + (
-        f", ... ({len(uniq)} in all)" if len(uniq) > limit else ""
-    )
+    return ", ".join(repr(u) for u in uniq[:limit]) + (f", ... ({len(uniq)} in all)" if len(uniq) > limit else "")
 
 
-def _carve_val(
-    pool: np.ndarray, val_fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def _carve_val(pool: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Split ``pool`` into (train, val) at random; ``val`` has ``round(val_fraction * len(pool))`` cells."""
     n_val = int(round(val_fraction * pool.size))
     perm = rng.permutation(pool.size)
@@ -264,9 +254,7 @@ def _parts_of(
     if not isinstance(delimiter, str) or not delimiter:
         raise InvalidInputError(f"delimiter={delimiter!r} must be a non-empty string.")
     if delimiter in control:
-        raise InvalidInputError(
-            f"control={control!r} contains the delimiter {delimiter!r}; choose another delimiter."
-        )
+        raise InvalidInputError(f"control={control!r} contains the delimiter {delimiter!r}; choose another delimiter.")
     uniq, inv = np.unique(labels.astype(str), return_inverse=True)
     if control not in set(uniq.tolist()):
         top = pd.Series(labels).value_counts().head(5)
@@ -297,9 +285,7 @@ def _common(val_fraction: float, seed: int) -> tuple[float, int]:
 
 # --------------------------------------------------------------------------------------------- splitters
 @SPLITTERS.register("random")
-def random_split(
-    n_obs: int, *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
-) -> Split:
+def random_split(n_obs: int, *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> Split:
     """Cells at random: ``test_fraction`` to test, ``val_fraction`` to validation, the rest to train.
 
     Parameters
@@ -322,8 +308,7 @@ def random_split(
     val_fraction, seed = _common(val_fraction, seed)
     if val_fraction + test_fraction >= 1:
         raise InvalidInputError(
-            f"val_fraction + test_fraction = {val_fraction + test_fraction} must be < 1 to leave training "
-            "cells."
+            f"val_fraction + test_fraction = {val_fraction + test_fraction} must be < 1 to leave training cells."
         )
     n_obs = int(n_obs)
     rng = np.random.default_rng(seed)
@@ -390,9 +375,7 @@ def holdout_category_split(
     present = set(labels.tolist())
     unknown = [v for v in held if v not in present]
     if unknown:
-        raise InvalidInputError(
-            f"values {unknown} not found in obs[{key!r}]; available values: {_available(labels)}."
-        )
+        raise InvalidInputError(f"values {unknown} not found in obs[{key!r}]; available values: {_available(labels)}.")
     is_test = np.isin(labels, np.array(held, dtype=object))
     pool = np.flatnonzero(~is_test)
     if pool.size == 0:
@@ -466,9 +449,7 @@ def holdout_perturbation_split(
             )
     else:
         if n_holdout is None:
-            raise InvalidInputError(
-                "pass perturbations=[...] to hold out, or n_holdout=k to draw k singles at random."
-            )
+            raise InvalidInputError("pass perturbations=[...] to hold out, or n_holdout=k to draw k singles at random.")
         k = _count(n_holdout, len(singles), "n_holdout")
         if k >= len(singles):
             raise InvalidInputError(
@@ -688,9 +669,7 @@ def context_split(
             raise InvalidInputError(f"holdouts item {pair!r} must be a (perturbation, context) pair.")
         p, c = str(pair[0]), str(pair[1])
         if p == control:
-            raise InvalidInputError(
-                f"holdouts item {pair!r}: control cells cannot be held out; they stay in train."
-            )
+            raise InvalidInputError(f"holdouts item {pair!r}: control cells cannot be held out; they stay in train.")
         if p not in present_p:
             raise InvalidInputError(
                 f"perturbation {p!r} not found in obs[{perturbation_key!r}]; available: {_available(labels)}."

@@ -27,18 +27,14 @@ __all__ = ["cfg_combine", "compose_guidance"]
 
 def _check_scale(name: str, scale: float) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise InvalidInputError(
-            f"{name}={scale!r} must be a finite number (1 = no guidance, 0 = unconditional)."
-        )
+        raise InvalidInputError(f"{name}={scale!r} must be a finite number (1 = no guidance, 0 = unconditional).")
     return float(scale)
 
 
 def _check_like(name: str, value: torch.Tensor, ref: torch.Tensor, ref_name: str) -> None:
     if not isinstance(value, torch.Tensor) or value.shape != ref.shape:
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise InvalidInputError(
-            f"{name} must be a tensor with the shape of {ref_name} {tuple(ref.shape)}, got {got}."
-        )
+        raise InvalidInputError(f"{name} must be a tensor with the shape of {ref_name} {tuple(ref.shape)}, got {got}.")
 
 
 def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

@@ -138,9 +138,7 @@ class DiffusionObjective(Config, abc.ABC):
     def _target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
 
     @abc.abstractmethod
-    def to_x0_eps(
-        self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_x0_eps(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Read a prediction back as ``(x0_hat, eps_hat)``, both ``(B, ...)``."""
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -176,9 +174,7 @@ class DiffusionObjective(Config, abc.ABC):
         if weight is not None:
             if not isinstance(weight, torch.Tensor) or weight.shape != err.shape:
                 shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-                raise InvalidInputError(
-                    f"weight must have shape {tuple(err.shape)} (one per sample), got {shape}."
-                )
+                raise InvalidInputError(f"weight must have shape {tuple(err.shape)} (one per sample), got {shape}.")
             err = err * weight.to(err.dtype)
         return err
 
@@ -223,9 +219,7 @@ class EpsObjective(DiffusionObjective):
     def _target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return noise
 
-    def to_x0_eps(
-        self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_x0_eps(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x0 = (x_t - sigma eps) / alpha``."""
         alpha, sigma = self._coefs(t, x_t)
         return (x_t - sigma * pred) / alpha, pred
@@ -242,9 +236,7 @@ class VObjective(DiffusionObjective):
         alpha, sigma = self._coefs(t, x0)
         return alpha * noise - sigma * x0
 
-    def to_x0_eps(
-        self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_x0_eps(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x0 = alpha x_t - sigma v``, ``eps = sigma x_t + alpha v`` (``alpha^2 + sigma^2 = 1``)."""
         alpha, sigma = self._coefs(t, x_t)
         return alpha * x_t - sigma * pred, sigma * x_t + alpha * pred
@@ -260,9 +252,7 @@ class X0Objective(DiffusionObjective):
     def _target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return x0
 
-    def to_x0_eps(
-        self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_x0_eps(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``eps = (x_t - alpha x0) / sigma`` (undefined at ``t = 0``)."""
         alpha, sigma = self._coefs(t, x_t)
         return pred, (x_t - alpha * pred) / sigma
@@ -313,9 +303,7 @@ class FlowObjective(DiffusionObjective):
     def _target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return noise - x0
 
-    def to_x0_eps(
-        self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_x0_eps(self, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x0 = x_t - t u``, ``eps = x_t + (1 - t) u``."""
         tt = broadcast_to(_time(t, x_t), x_t)
         return x_t - tt * pred, x_t + (1.0 - tt) * pred

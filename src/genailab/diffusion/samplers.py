@@ -152,22 +152,17 @@ class _Run:
         dtype: torch.dtype,
     ) -> None:
         if not callable(denoise):
-            raise InvalidInputError(
-                f"denoise must be callable as denoise(x_t, t), got {type(denoise).__name__}."
-            )
+            raise InvalidInputError(f"denoise must be callable as denoise(x_t, t), got {type(denoise).__name__}.")
         if not isinstance(objective, DiffusionObjective):
             raise InvalidInputError(
-                "objective must be a DiffusionObjective (see make_objective), "
-                f"got {type(objective).__name__}."
+                f"objective must be a DiffusionObjective (see make_objective), got {type(objective).__name__}."
             )
         if (
             not isinstance(shape, (tuple, list, torch.Size))
             or len(shape) == 0
             or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
         ):
-            raise InvalidInputError(
-                f"shape={shape!r} must be a non-empty tuple of positive integers (B, ...)."
-            )
+            raise InvalidInputError(f"shape={shape!r} must be a non-empty tuple of positive integers (B, ...).")
         _check_steps(steps)
         if (
             isinstance(t_start, bool)
@@ -181,9 +176,7 @@ class _Run:
                 f"t_start={t_start!r} must be greater than the objective's t_min={objective.t_min!r}."
             )
         if generator is not None and not isinstance(generator, torch.Generator):
-            raise InvalidInputError(
-                f"generator must be a torch.Generator or None, got {type(generator).__name__}."
-            )
+            raise InvalidInputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise InvalidInputError(f"dtype={dtype!r} must be a floating-point torch.dtype.")
         shape = tuple(shape)
@@ -215,9 +208,7 @@ class _Run:
         pred = self.denoise(x, t_vec)
         if not isinstance(pred, torch.Tensor) or pred.shape != x.shape:
             got = tuple(pred.shape) if isinstance(pred, torch.Tensor) else type(pred).__name__
-            raise InvalidInputError(
-                f"denoise(x_t, t) must return a tensor of shape {tuple(x.shape)}, got {got}."
-            )
+            raise InvalidInputError(f"denoise(x_t, t) must return a tensor of shape {tuple(x.shape)}, got {got}.")
         return pred
 
     def t_vec(self, x: torch.Tensor, t: float) -> torch.Tensor:

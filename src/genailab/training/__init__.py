@@ -6,6 +6,22 @@ validation, early stopping, checkpoints (resume after a kill), CSV metrics, mixe
 ``devices``/``strategy`` pass-through for DDP.
 """
 
-from genailab.training.lightning import RecipeModule, TrainConfig, TrainResult, fit_recipe, seed_everything
+from genailab.training.lightning import (
+    RecipeModule,
+    TrainConfig,
+    TrainResult,
+    fit_recipe,
+    seed_everything,
+    split_indices,
+    train_loaders,
+)
 
-__all__ = ["RecipeModule", "TrainConfig", "TrainResult", "fit_recipe", "seed_everything"]
+__all__ = [
+    "RecipeModule",
+    "TrainConfig",
+    "TrainResult",
+    "fit_recipe",
+    "seed_everything",
+    "split_indices",
+    "train_loaders",
+]

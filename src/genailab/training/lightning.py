@@ -19,7 +19,15 @@ from genailab.config import Config, check_choice, check_fraction, check_positive
 from genailab.errors import InvalidInputError
 from genailab.io import check_writable
 
-__all__ = ["RecipeModule", "TrainConfig", "TrainResult", "fit_recipe", "seed_everything"]
+__all__ = [
+    "RecipeModule",
+    "TrainConfig",
+    "TrainResult",
+    "fit_recipe",
+    "seed_everything",
+    "split_indices",
+    "train_loaders",
+]
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "64-true")
 CHECKPOINT_DIR = "checkpoints"
@@ -232,9 +240,7 @@ def fit_recipe(
             ckpt_path = str(last)
     if val_loader is not None and config.early_stopping_patience > 0:
         callbacks.append(
-            EarlyStopping(
-                monitor="val/loss", patience=config.early_stopping_patience, min_delta=config.min_delta
-            )
+            EarlyStopping(monitor="val/loss", patience=config.early_stopping_patience, min_delta=config.min_delta)
         )
     trainer = L.Trainer(
         max_epochs=config.max_epochs,
@@ -289,3 +295,32 @@ def _checkpoint_progress(path: Path) -> tuple[int, int]:
     """``(epoch, global_step)`` recorded in a Lightning checkpoint this run wrote."""
     state = torch.load(path, map_location="cpu", weights_only=False)  # our own file
     return int(state.get("epoch", 0)) + 1, int(state.get("global_step", 0))
+
+
+def split_indices(n_obs: int, config: TrainConfig, split: Any = None, *, seed: int = 0) -> tuple[Any, Any, Any]:
+    """``(split, train_idx, val_idx)``: ``split`` as given, else a random train/validation split.
+
+    With ``split=None`` and ``config.val_fraction > 0``, ``val_fraction`` of the cells validate (and
+    drive early stopping); with ``val_fraction == 0`` every cell trains. A given split's ``val`` cells
+    validate whatever ``val_fraction`` says; its ``test`` cells are never used.
+    """
+    from genailab.data import random_split
+
+    if split is None and config.val_fraction > 0:
+        split = random_split(n_obs, val_fraction=config.val_fraction, test_fraction=0.0, seed=seed)
+    if split is None:
+        return None, np.arange(n_obs), np.array([], dtype=np.int64)
+    return split, split.train, split.val
+
+
+def train_loaders(train_ds: Any, val_ds: Any | None, config: TrainConfig, *, seed: int = 0) -> tuple[Any, Any]:
+    """Shuffled training loader (last partial batch dropped when there is more than one) and validation loader."""
+    from genailab.data import make_dataloader
+
+    train_loader = make_dataloader(
+        train_ds, batch_size=config.batch_size, shuffle=True, seed=seed, drop_last=len(train_ds) > config.batch_size
+    )
+    val_loader = None
+    if val_ds is not None and len(val_ds):
+        val_loader = make_dataloader(val_ds, batch_size=max(config.batch_size, 512), shuffle=False)
+    return train_loader, val_loader

@@ -93,9 +93,7 @@ class Backbone(nn.Module, abc.ABC):
         """Map tokens ``x`` ``(B, N, D)`` to ``(B, N, D_out)``; see the module docstring for the contract."""
         c = self.config
         if x.ndim != 3 or x.shape[1:] != (c.n_tokens, c.token_dim):
-            raise InvalidInputError(
-                f"x must have shape (B, {c.n_tokens}, {c.token_dim}), got {tuple(x.shape)}."
-            )
+            raise InvalidInputError(f"x must have shape (B, {c.n_tokens}, {c.token_dim}), got {tuple(x.shape)}.")
         b = x.shape[0]
         if t is not None and t.shape != (b,):
             raise InvalidInputError(f"t must have shape ({b},), got {tuple(t.shape)}.")

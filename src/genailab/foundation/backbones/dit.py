@@ -58,18 +58,19 @@ class DiTConfig(BackboneConfig):
 
     Notes
     -----
-    Size presets. Parameters for 8x16 tokens, unconditional; throughput is training fwd+bwd samples/s at
-    batch 64, float32, ``torch.set_num_threads(2)``, measured on a 2-core CPU (AMD EPYC) that other jobs
-    shared (load average 3-7): best of 3 runs, each the fastest of up to 12 steps; the slowest runs
-    were 5-50x slower, so read these as rough uncontended figures.
+    Size presets. Parameters for 8x16 latent tokens (the VAE's ``small`` preset), unconditional.
+    Throughput is training fwd+bwd+AdamW samples/s on a 2-core CPU (AMD EPYC, torch 2.13), with the
+    machine shared by other jobs, so read it as a rough lower bound; BENCHMARKS.md has clean figures.
+    ``small`` is the default of ``genailab synth train``: it trains on ~10k cells in minutes on a CPU.
 
-    ======  ===  =====  =====  ===========  ======================  =====================================
-    preset  W    depth  heads  params       samples/s, tokens 8x16  samples/s, tokens 64x256
-    ======  ===  =====  =====  ===========  ======================  =====================================
-    tiny    64   2      4      168,656      ~8,300                  -
-    small   256  4      4      5,007,632    ~670                    -
-    base    512  8      8      38,881,808   ~115                    ~15 (39,156,480 params)
-    ======  ===  =====  =====  ===========  ======================  =====================================
+    ======  ===  =====  =====  ===========  ==================================  ====================
+    preset  W    depth  heads  params       samples/s, 8x16, batch 256, 1 thr.  params, 64x256 tokens
+    ======  ===  =====  =====  ===========  ==================================  ====================
+    tiny    64   2      4      168,656      ~5,900                              203,200
+    small   128  3      4      961,808      ~1,650                              1,030,656
+    base    256  6      4      7,374,608    ~250 (estimated)                    7,512,064
+    large   512  8      8      38,881,808   ~115 (batch 64, 2 threads)          39,156,480
+    ======  ===  =====  =====  ===========  ==================================  ====================
     """
 
     hidden_dim: int = 256
@@ -87,14 +88,10 @@ class DiTConfig(BackboneConfig):
         check_positive("mlp_ratio", self.mlp_ratio)
         check_fraction("dropout", self.dropout)
         if self.hidden_dim % self.n_heads:
-            raise InvalidInputError(
-                f"hidden_dim={self.hidden_dim} must be divisible by n_heads={self.n_heads}."
-            )
+            raise InvalidInputError(f"hidden_dim={self.hidden_dim} must be divisible by n_heads={self.n_heads}.")
         check_choice("conditioning", self.conditioning, CONDITIONERS.names())
         if CONDITIONERS.get(self.conditioning).needs_condition_tokens and not self.conditional:
-            unconditional = [
-                n for n in CONDITIONERS.names() if not CONDITIONERS.get(n).needs_condition_tokens
-            ]
+            unconditional = [n for n in CONDITIONERS.names() if not CONDITIONERS.get(n).needs_condition_tokens]
             raise InvalidInputError(
                 f"conditioning={self.conditioning!r} needs condition tokens (n_cond_tokens > 0 and "
                 f"cond_dim > 0); an unconditional model can use {', '.join(map(repr, unconditional))}."
@@ -111,14 +108,21 @@ class DiTConfig(BackboneConfig):
     def small(
         cls, n_tokens: int, token_dim: int, n_cond_tokens: int = 0, cond_dim: int = 0, **overrides: Any
     ) -> DiTConfig:
-        """W=256, depth 4, 4 heads."""
-        return cls(**{**_sized(n_tokens, token_dim, n_cond_tokens, cond_dim, 256, 4, 4), **overrides})
+        """W=128, depth 3, 4 heads: sized to train on ~10k cells in minutes on a 2-core CPU (the default)."""
+        return cls(**{**_sized(n_tokens, token_dim, n_cond_tokens, cond_dim, 128, 3, 4), **overrides})
 
     @classmethod
     def base(
         cls, n_tokens: int, token_dim: int, n_cond_tokens: int = 0, cond_dim: int = 0, **overrides: Any
     ) -> DiTConfig:
-        """W=512, depth 8, 8 heads."""
+        """W=256, depth 6, 4 heads."""
+        return cls(**{**_sized(n_tokens, token_dim, n_cond_tokens, cond_dim, 256, 6, 4), **overrides})
+
+    @classmethod
+    def large(
+        cls, n_tokens: int, token_dim: int, n_cond_tokens: int = 0, cond_dim: int = 0, **overrides: Any
+    ) -> DiTConfig:
+        """W=512, depth 8, 8 heads (for a GPU, or 64 x 256 latents)."""
         return cls(**{**_sized(n_tokens, token_dim, n_cond_tokens, cond_dim, 512, 8, 8), **overrides})
 
 
@@ -148,9 +152,7 @@ class DiTBlock(nn.Module):
         A built :class:`~genailab.foundation.conditioning.Conditioner` with ``n_sublayers=2``.
     """
 
-    def __init__(
-        self, width: int, n_heads: int, mlp_ratio: float, dropout: float, conditioner: Conditioner
-    ) -> None:
+    def __init__(self, width: int, n_heads: int, mlp_ratio: float, dropout: float, conditioner: Conditioner) -> None:
         super().__init__()
         hidden = round(width * mlp_ratio)
         self.attn = _SelfAttention(width, n_heads, dropout)
@@ -221,17 +223,13 @@ class DiT(Backbone):
                 config.n_heads,
                 config.mlp_ratio,
                 config.dropout,
-                conditioner_cls(
-                    w, emb_dim=w, cond_dim=config.cond_dim, n_heads=config.n_heads, n_sublayers=2
-                ),
+                conditioner_cls(w, emb_dim=w, cond_dim=config.cond_dim, n_heads=config.n_heads, n_sublayers=2),
             )
             for _ in range(config.depth)
         )
         self.final = _FinalLayer(w, config.output_dim)
 
-    def _embed(
-        self, b: int, t: torch.Tensor | None, cond: torch.Tensor | None, ref: torch.Tensor
-    ) -> torch.Tensor:
+    def _embed(self, b: int, t: torch.Tensor | None, cond: torch.Tensor | None, ref: torch.Tensor) -> torch.Tensor:
         """Block embedding ``(B, W)`` from the timestep and (pooled) condition."""
         emb = torch.zeros(b, self.config.hidden_dim, device=ref.device, dtype=ref.dtype)
         if t is not None:

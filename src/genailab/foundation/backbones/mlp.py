@@ -101,9 +101,7 @@ class _ResidualBlock(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
         self.modulation = nn.Linear(emb_dim, 3 * width)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, width)
-        )
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Dropout(dropout), nn.Linear(width, width))
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
@@ -149,6 +147,4 @@ class MLPBackbone(Backbone):
             emb = emb + self.cond_proj(cond.flatten(1))  # (B, K, C) -> (B, K*C) -> (B, W)
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(self.out_norm(h)).view(
-            b, self.config.n_tokens, self.config.output_dim
-        )  # (B, N, D_out)
+        return self.out(self.out_norm(h)).view(b, self.config.n_tokens, self.config.output_dim)  # (B, N, D_out)

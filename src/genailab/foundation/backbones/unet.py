@@ -81,9 +81,7 @@ class UNet1DConfig(BackboneConfig):
     ) -> UNet1DConfig:
         """32 base channels, 2 levels, multipliers (1, 2)."""
         fields = {"base_channels": 32, "levels": 2, "channel_mults": (1, 2), **overrides}
-        return cls(
-            n_tokens=n_tokens, token_dim=token_dim, n_cond_tokens=n_cond_tokens, cond_dim=cond_dim, **fields
-        )
+        return cls(n_tokens=n_tokens, token_dim=token_dim, n_cond_tokens=n_cond_tokens, cond_dim=cond_dim, **fields)
 
     @classmethod
     def small(
@@ -91,9 +89,7 @@ class UNet1DConfig(BackboneConfig):
     ) -> UNet1DConfig:
         """128 base channels, 3 levels, multipliers (1, 2, 2)."""
         fields = {"base_channels": 128, "levels": 3, "channel_mults": (1, 2, 2), **overrides}
-        return cls(
-            n_tokens=n_tokens, token_dim=token_dim, n_cond_tokens=n_cond_tokens, cond_dim=cond_dim, **fields
-        )
+        return cls(n_tokens=n_tokens, token_dim=token_dim, n_cond_tokens=n_cond_tokens, cond_dim=cond_dim, **fields)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -169,17 +165,13 @@ class UNet1D(Backbone):
         self.mid = _ResBlock(bottom, bottom, e, config.dropout)
         below = [*chans[1:], bottom][: len(chans)]  # channels arriving from the level below, per level
         self.upsample = nn.ModuleList(_Up(b) for b in below)
-        self.up = nn.ModuleList(
-            _ResBlock(b + c, c, e, config.dropout) for b, c in zip(below, chans, strict=True)
-        )
+        self.up = nn.ModuleList(_ResBlock(b + c, c, e, config.dropout) for b, c in zip(below, chans, strict=True))
         c_last = chans[0] if chans else c0
         self.out = nn.Sequential(_norm(c_last), nn.SiLU(), nn.Conv1d(c_last, config.output_dim, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def _embed(
-        self, b: int, t: torch.Tensor | None, cond: torch.Tensor | None, ref: torch.Tensor
-    ) -> torch.Tensor:
+    def _embed(self, b: int, t: torch.Tensor | None, cond: torch.Tensor | None, ref: torch.Tensor) -> torch.Tensor:
         """Embedding ``(B, E)`` of the timestep plus the pooled condition."""
         emb = torch.zeros(b, self.emb_dim, device=ref.device, dtype=ref.dtype)
         if t is not None:

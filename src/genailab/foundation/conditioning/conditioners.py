@@ -165,9 +165,7 @@ class Conditioner(nn.Module, abc.ABC):
     pools_condition: ClassVar[bool] = True
     needs_condition_tokens: ClassVar[bool] = False
 
-    def __init__(
-        self, width: int, *, emb_dim: int, cond_dim: int = 0, n_heads: int = 1, n_sublayers: int = 2
-    ) -> None:
+    def __init__(self, width: int, *, emb_dim: int, cond_dim: int = 0, n_heads: int = 1, n_sublayers: int = 2) -> None:
         super().__init__()
         check_positive("width", width, integer=True)
         check_positive("emb_dim", emb_dim, integer=True)
@@ -187,9 +185,7 @@ class Conditioner(nn.Module, abc.ABC):
             )
 
     @abc.abstractmethod
-    def forward(
-        self, h: torch.Tensor, ctx: ConditionContext, sublayers: Sequence[Sublayer] = ()
-    ) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, ctx: ConditionContext, sublayers: Sequence[Sublayer] = ()) -> torch.Tensor:
         """Run the residual ``sublayers`` on ``h`` ``(B, N, W)`` under the condition; same shape out."""
 
 
@@ -201,18 +197,14 @@ class AdaLNZero(Conditioner):
     so every gate is 0 and the block is the identity at init (Peebles & Xie 2023, arXiv:2212.09748).
     """
 
-    def __init__(
-        self, width: int, *, emb_dim: int, cond_dim: int = 0, n_heads: int = 1, n_sublayers: int = 2
-    ) -> None:
+    def __init__(self, width: int, *, emb_dim: int, cond_dim: int = 0, n_heads: int = 1, n_sublayers: int = 2) -> None:
         super().__init__(width, emb_dim=emb_dim, cond_dim=cond_dim, n_heads=n_heads, n_sublayers=n_sublayers)
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.modulation = nn.Linear(emb_dim, 3 * width * n_sublayers)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(
-        self, h: torch.Tensor, ctx: ConditionContext, sublayers: Sequence[Sublayer] = ()
-    ) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, ctx: ConditionContext, sublayers: Sequence[Sublayer] = ()) -> torch.Tensor:
         """Apply each sub-layer as an adaLN-Zero residual branch; ``(B, N, W)`` -> ``(B, N, W)``."""
         self._check_sublayers(sublayers)
         mod = self.modulation(F.silu(ctx.emb)).unsqueeze(1)  # (B, 1, 3 * n_sublayers * W)
@@ -231,16 +223,12 @@ class FiLMConditioner(Conditioner):
     pre-norm residual branches (Perez et al. 2018, arXiv:1709.07871).
     """
 
-    def __init__(
-        self, width: int, *, emb_dim: int, cond_dim: int = 0, n_heads: int = 1, n_sublayers: int = 2
-    ) -> None:
+    def __init__(self, width: int, *, emb_dim: int, cond_dim: int = 0, n_heads: int = 1, n_sublayers: int = 2) -> None:
         super().__init__(width, emb_dim=emb_dim, cond_dim=cond_dim, n_heads=n_heads, n_sublayers=n_sublayers)
         self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(n_sublayers))
         self.film = FiLM(emb_dim, width)
 
-    def forward(
-        self, h: torch.Tensor, ctx: ConditionContext, sublayers: Sequence[Sublayer] = ()
-    ) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, ctx: ConditionContext, sublayers: Sequence[Sublayer] = ()) -> torch.Tensor:
         """Pre-norm residual sub-layers then FiLM; ``(B, N, W)`` -> ``(B, N, W)``."""
         self._check_sublayers(sublayers)
         for norm, f in zip(self.norms, sublayers, strict=False):
@@ -260,22 +248,17 @@ class CrossAttentionConditioner(Conditioner):
     pools_condition: ClassVar[bool] = False
     needs_condition_tokens: ClassVar[bool] = True
 
-    def __init__(
-        self, width: int, *, emb_dim: int, cond_dim: int = 0, n_heads: int = 1, n_sublayers: int = 2
-    ) -> None:
+    def __init__(self, width: int, *, emb_dim: int, cond_dim: int = 0, n_heads: int = 1, n_sublayers: int = 2) -> None:
         super().__init__(width, emb_dim=emb_dim, cond_dim=cond_dim, n_heads=n_heads, n_sublayers=n_sublayers)
         if cond_dim < 1:
             raise InvalidInputError(
-                "the cross_attention conditioner needs condition tokens (cond_dim >= 1), "
-                f"got cond_dim={cond_dim}."
+                f"the cross_attention conditioner needs condition tokens (cond_dim >= 1), got cond_dim={cond_dim}."
             )
         self.norm = nn.LayerNorm(width)
         self.cross = CrossAttention(width, cond_dim, n_heads)
         self.adaln = AdaLNZero(width, emb_dim=emb_dim, n_sublayers=n_sublayers)
 
-    def forward(
-        self, h: torch.Tensor, ctx: ConditionContext, sublayers: Sequence[Sublayer] = ()
-    ) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, ctx: ConditionContext, sublayers: Sequence[Sublayer] = ()) -> torch.Tensor:
         """Cross-attention residual, then the sub-layers under adaLN-Zero; ``(B, N, W)`` -> same."""
         if ctx.tokens is None:
             raise InvalidInputError("the cross_attention conditioner needs condition tokens, got None.")

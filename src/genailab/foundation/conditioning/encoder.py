@@ -40,16 +40,12 @@ class ConditionEncoderConfig(Config):
         if len(set(self.keys)) != len(self.keys):
             raise InvalidInputError(f"keys={self.keys!r} lists a key twice.")
         if len(self.n_categories) != len(self.keys):
-            raise InvalidInputError(
-                f"n_categories has {len(self.n_categories)} entries but keys has {len(self.keys)}."
-            )
+            raise InvalidInputError(f"n_categories has {len(self.n_categories)} entries but keys has {len(self.keys)}.")
         for key, n in zip(self.keys, self.n_categories, strict=True):
             check_positive(f"n_categories[{key!r}]", n, strict=False, integer=True)
         check_positive("dim", self.dim, integer=True)
         if len(self.dropout) not in (0, len(self.keys)):
-            raise InvalidInputError(
-                f"dropout has {len(self.dropout)} entries; expected 0 or {len(self.keys)}."
-            )
+            raise InvalidInputError(f"dropout has {len(self.dropout)} entries; expected 0 or {len(self.keys)}.")
         for key, p in zip(self.keys, self.dropout, strict=False):
             check_fraction(f"dropout[{key!r}]", p)
 
@@ -88,9 +84,7 @@ class ConditionEncoder(nn.Module):
         for emb in self.embeddings:
             nn.init.normal_(emb.weight, std=0.02)
         self.null = nn.Parameter(torch.zeros(config.n_keys, config.dim))
-        self.register_buffer(
-            "p_drop", torch.tensor([config.dropout_of(k) for k in config.keys], dtype=torch.float32)
-        )
+        self.register_buffer("p_drop", torch.tensor([config.dropout_of(k) for k in config.keys], dtype=torch.float32))
 
     @property
     def keys(self) -> tuple[str, ...]:

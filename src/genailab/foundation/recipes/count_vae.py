@@ -252,11 +252,7 @@ class LatentTokenVAE(nn.Module):
         registry: DataRegistry | None = None,
     ) -> None:
         super().__init__()
-        genes = (
-            tuple(str(g) for g in genes)
-            if genes is not None
-            else tuple(f"gene_{i}" for i in range(config.n_genes))
-        )
+        genes = tuple(str(g) for g in genes) if genes is not None else tuple(f"gene_{i}" for i in range(config.n_genes))
         if len(genes) != config.n_genes:
             raise InvalidInputError(f"genes has {len(genes)} entries but config.n_genes={config.n_genes}.")
         if len(set(genes)) != len(genes):
@@ -291,8 +287,7 @@ class LatentTokenVAE(nn.Module):
         n = registry.n_categories(batch_key)
         if n != config.n_batches:
             raise InvalidInputError(
-                f"config.n_batches={config.n_batches} but obs[{batch_key!r}] has {n} categories "
-                "in the registry."
+                f"config.n_batches={config.n_batches} but obs[{batch_key!r}] has {n} categories in the registry."
             )
         return registry.key_index(batch_key)
 
@@ -387,9 +382,7 @@ class LatentTokenVAE(nn.Module):
         dist = self.decode(z, library, self.batch_index(batch), gene_mask)
         nll = masked_nll(dist, counts, gene_mask)  # (B,)
         kl = gaussian_kl(mu, logvar)  # (B,)
-        weight = self.config.kl_weight * (
-            1.0 if epoch is None else linear_warmup(epoch, self.config.kl_warmup_epochs)
-        )
+        weight = self.config.kl_weight * (1.0 if epoch is None else linear_warmup(epoch, self.config.kl_warmup_epochs))
         loss = (nll + weight * kl).mean()
         return LossOutput(
             loss=loss,
@@ -473,12 +466,8 @@ class LatentTokenVAE(nn.Module):
         alignment = None
         if tuple(source) != self.genes:
             alignment = align_genes(source, self.genes, id_map=id_map, min_overlap=min_overlap)
-        registry = (
-            self.registry if self.registry is not None and self.registry.spec.categorical_keys() else None
-        )
-        return CountsDataset(
-            adata, registry, layer=layer, alignment=alignment, indices=indices, unknown=unknown
-        )
+        registry = self.registry if self.registry is not None and self.registry.spec.categorical_keys() else None
+        return CountsDataset(adata, registry, layer=layer, alignment=alignment, indices=indices, unknown=unknown)
 
     def _loader(self, adata: AnnData, batch_size: int = 1024, **kw: Any) -> Any:
         from genailab.data import make_dataloader
@@ -549,19 +538,16 @@ class LatentTokenVAE(nn.Module):
         ``(n, G)`` float32 array in the model's gene order.
         """
         self.eval()
-        torch.manual_seed(seed)  # Distribution.sample draws from the global generator
         out = []
-        for batch in self._loader(adata, batch_size, unknown=unknown):
-            mu, _ = self.encode(batch[BATCH_KEYS.COUNTS], batch[BATCH_KEYS.LIBRARY])
-            dist = self.decode(
-                mu, batch[BATCH_KEYS.LIBRARY], self.batch_index(batch), batch.get(BATCH_KEYS.GENE_MASK)
-            )
-            out.append(dist.sample() if sample else dist.mean)
-        return (
-            torch.cat(out).numpy().astype(np.float32)
-            if out
-            else np.zeros((0, self.config.n_genes), np.float32)
-        )
+        with torch.random.fork_rng():  # seed Distribution.sample without touching the caller's RNG state
+            torch.manual_seed(seed)
+            for batch in self._loader(adata, batch_size, unknown=unknown):
+                mu, _ = self.encode(batch[BATCH_KEYS.COUNTS], batch[BATCH_KEYS.LIBRARY])
+                dist = self.decode(
+                    mu, batch[BATCH_KEYS.LIBRARY], self.batch_index(batch), batch.get(BATCH_KEYS.GENE_MASK)
+                )
+                out.append(dist.sample() if sample else dist.mean)
+        return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, self.config.n_genes), np.float32)
 
     @torch.no_grad()
     def sample_posterior(
@@ -601,21 +587,20 @@ class LatentTokenVAE(nn.Module):
         from genailab.data import make_dataloader
 
         self.eval()
-        torch.manual_seed(seed)
         nll_sum, elbo_sum, n = 0.0, 0.0, 0
         loader = make_dataloader(self._dataset(adata, indices=indices), batch_size=batch_size, shuffle=False)
-        for batch in loader:
-            out = self.training_step(batch)
-            mu, _ = self.encode(batch[BATCH_KEYS.COUNTS], batch[BATCH_KEYS.LIBRARY])
-            dist = self.decode(
-                mu, batch[BATCH_KEYS.LIBRARY], self.batch_index(batch), batch.get(BATCH_KEYS.GENE_MASK)
-            )
-            b = out.n_obs
-            nll_sum += float(
-                masked_nll(dist, batch[BATCH_KEYS.COUNTS], batch.get(BATCH_KEYS.GENE_MASK)).sum()
-            )
-            elbo_sum += float(out.loss) * b
-            n += b
+        # The ELBO's posterior sample (and DataLoader, which draws a base seed per iterator) must not move
+        # the caller's RNG state.
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            for batch in loader:
+                out = self.training_step(batch)
+                mu, _ = self.encode(batch[BATCH_KEYS.COUNTS], batch[BATCH_KEYS.LIBRARY])
+                library, mask = batch[BATCH_KEYS.LIBRARY], batch.get(BATCH_KEYS.GENE_MASK)
+                dist = self.decode(mu, library, self.batch_index(batch), mask)
+                nll_sum += float(masked_nll(dist, batch[BATCH_KEYS.COUNTS], mask).sum())
+                elbo_sum += float(out.loss) * out.n_obs
+                n += out.n_obs
         return {"nll_per_cell": nll_sum / max(n, 1), "neg_elbo_per_cell": elbo_sum / max(n, 1), "n_cells": n}
 
     # ------------------------------------------------------------------ training
@@ -648,32 +633,14 @@ class LatentTokenVAE(nn.Module):
         -------
         :class:`~genailab.training.TrainResult` with the split used and the final metrics.
         """
-        from genailab.data import make_dataloader, random_split
-        from genailab.training import TrainConfig, fit_recipe
+        from genailab.data import make_dataloader
+        from genailab.training import TrainConfig, fit_recipe, split_indices, train_loaders
 
         train = train if train is not None else TrainConfig()
-        if split is None:
-            split = (
-                random_split(adata.n_obs, val_fraction=train.val_fraction, test_fraction=0.0, seed=seed)
-                if train.val_fraction > 0
-                else None
-            )
-        if split is not None:
-            train_idx, val_idx = split.train, split.val
-        else:
-            train_idx, val_idx = np.arange(adata.n_obs), np.array([], dtype=np.int64)
+        split, train_idx, val_idx = split_indices(adata.n_obs, train, split, seed=seed)
         train_ds = self._dataset(adata, indices=train_idx)
         val_ds = self._dataset(adata, indices=val_idx) if len(val_idx) else None
-        train_loader = make_dataloader(
-            train_ds,
-            batch_size=train.batch_size,
-            shuffle=True,
-            seed=seed,
-            drop_last=len(train_idx) > train.batch_size,
-        )
-        val_loader = (
-            make_dataloader(val_ds, batch_size=max(train.batch_size, 512), shuffle=False) if val_ds else None
-        )
+        train_loader, val_loader = train_loaders(train_ds, val_ds, train, seed=seed)
         result = fit_recipe(self, train_loader, val_loader, train, out_dir=out_dir, seed=seed)
         self.calibrate(make_dataloader(train_ds, batch_size=1024, shuffle=False))
         result.split = split

@@ -173,9 +173,7 @@ class LatentDiffusionModel(nn.Module):
                 f"makes {conditioning.config.n_keys} of width {conditioning.config.dim}."
             )
         if not bool(encoder.calibrated):
-            raise InvalidInputError(
-                "the VAE is not calibrated (its latent scale is unknown); train it with fit()."
-            )
+            raise InvalidInputError("the VAE is not calibrated (its latent scale is unknown); train it with fit().")
         self.config = config
         self.backbone = backbone
         self.conditioning = conditioning
@@ -259,10 +257,7 @@ class LatentDiffusionModel(nn.Module):
         """``(B, K)`` condition values from a mini-batch of registered covariates."""
         cat, cont = batch.get(BATCH_KEYS.CAT_COVS), batch.get(BATCH_KEYS.CONT_COVS)
         n = next(iter(batch.values())).shape[0]
-        cols = [
-            (cat[:, j].float() if is_cat else cont[:, j].float())
-            for _, is_cat, j in self._condition_columns()
-        ]
+        cols = [(cat[:, j].float() if is_cat else cont[:, j].float()) for _, is_cat, j in self._condition_columns()]
         return torch.stack(cols, dim=1) if cols else torch.zeros(n, 0)
 
     def encode_conditions(
@@ -302,9 +297,7 @@ class LatentDiffusionModel(nn.Module):
                 try:
                     num = np.asarray(v, dtype=np.float64)
                 except (TypeError, ValueError):
-                    raise InvalidInputError(
-                        f"condition {key!r} is continuous; got non-numeric values."
-                    ) from None
+                    raise InvalidInputError(f"condition {key!r} is continuous; got non-numeric values.") from None
                 if not np.isfinite(num).all():
                     raise InvalidInputError(f"condition {key!r} must be finite numbers.")
                 out[:, j] = (num - reg.continuous_means[key]) / reg.continuous_stds[key]
@@ -343,17 +336,13 @@ class LatentDiffusionModel(nn.Module):
             self.ema = None
 
     @torch.no_grad()
-    def latent_dataset(
-        self, adata: AnnData, indices: np.ndarray | None = None, batch_size: int = 1024
-    ) -> Any:
+    def latent_dataset(self, adata: AnnData, indices: np.ndarray | None = None, batch_size: int = 1024) -> Any:
         """Standardised posterior-mean latents and condition values of ``adata`` (cached for training)."""
         from genailab.data import TensorBatchDataset, make_dataloader
 
         self.vae.eval()
         zs, cs = [], []
-        for batch in make_dataloader(
-            self.vae._dataset(adata, indices=indices), batch_size=batch_size, shuffle=False
-        ):
+        for batch in make_dataloader(self.vae._dataset(adata, indices=indices), batch_size=batch_size, shuffle=False):
             mu, _ = self.vae.encode(batch[BATCH_KEYS.COUNTS], batch[BATCH_KEYS.LIBRARY])
             zs.append(self.vae.standardize(mu))
             cs.append(self.conditions_from_batch(batch))
@@ -383,24 +372,14 @@ class LatentDiffusionModel(nn.Module):
         seed
             Seeds the split, data order, noise and dropout.
         """
-        from genailab.data import make_dataloader, random_split
-        from genailab.training import TrainConfig, fit_recipe, seed_everything
+        from genailab.training import TrainConfig, fit_recipe, seed_everything, split_indices, train_loaders
 
         train = train if train is not None else TrainConfig()
         seed_everything(seed)
-        if split is None and train.val_fraction > 0:
-            split = random_split(adata.n_obs, val_fraction=train.val_fraction, test_fraction=0.0, seed=seed)
-        train_idx = split.train if split is not None else np.arange(adata.n_obs)
+        split, train_idx, val_idx = split_indices(adata.n_obs, train, split, seed=seed)
         train_ds = self.latent_dataset(adata, train_idx)
-        val_ds = self.latent_dataset(adata, split.val) if split is not None and len(split.val) else None
-        train_loader = make_dataloader(
-            train_ds,
-            batch_size=train.batch_size,
-            shuffle=True,
-            seed=seed,
-            drop_last=len(train_ds) > train.batch_size,
-        )
-        val_loader = make_dataloader(val_ds, batch_size=1024, shuffle=False) if val_ds is not None else None
+        val_ds = self.latent_dataset(adata, val_idx) if len(val_idx) else None
+        train_loader, val_loader = train_loaders(train_ds, val_ds, train, seed=seed)
         result = fit_recipe(self, train_loader, val_loader, train, out_dir=out_dir, seed=seed)
         self.use_ema_weights()
         result.split = split
@@ -419,9 +398,7 @@ class LatentDiffusionModel(nn.Module):
         if isinstance(guidance, Mapping):
             unknown = [k for k in guidance if k not in keys]
             if unknown:
-                raise InvalidInputError(
-                    f"guidance for unknown condition key(s) {unknown}; keys are {list(keys)}."
-                )
+                raise InvalidInputError(f"guidance for unknown condition key(s) {unknown}; keys are {list(keys)}.")
             active = {k: float(s) for k, s in guidance.items() if float(s) != 1.0}
             dropped = {k: enc(cond_values, drop=enc.drop_mask(b, [k])) for k in active}
 
@@ -501,9 +478,11 @@ class LatentDiffusionModel(nn.Module):
         gen = torch.Generator().manual_seed(seed + 1)
         if library is None:
             library = vae.sample_library(batch_index, z_std.shape[0], gen)
-        torch.manual_seed(seed + 2)  # Distribution.sample draws from the global generator
         dist = vae.decode(vae.unstandardize(z_std), library, batch_index)
-        return dist.sample().numpy().astype(np.int32), library
+        with torch.random.fork_rng():  # Distribution.sample draws from the global generator; keep the caller's
+            torch.manual_seed(seed + 2)
+            counts = dist.sample()
+        return counts.numpy().astype(np.int32), library
 
     def _to_anndata(
         self,
@@ -569,9 +548,7 @@ class LatentDiffusionModel(nn.Module):
             if n is not None or conditions is not None:
                 raise InvalidInputError("give either like=REFERENCE or n and conditions, not both.")
             cond_values = self.encode_conditions(like)
-            obs = pd.DataFrame(
-                {k: like.obs[k].to_numpy() for k in keys}, index=[f"syn_{i}" for i in range(like.n_obs)]
-            )
+            obs = pd.DataFrame({k: like.obs[k].to_numpy() for k in keys}, index=[f"syn_{i}" for i in range(like.n_obs)])
         else:
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
                 raise InvalidInputError(f"n={n!r} must be a positive integer.")
@@ -601,9 +578,7 @@ class LatentDiffusionModel(nn.Module):
         for k in keys:
             if k in self.vae.registry.spec.categorical_keys():
                 obs[k] = pd.Categorical(obs[k].astype(str))
-        z = self.sample_latents(
-            cond_values, guidance_scale=guidance_scale, steps=steps, sampler=sampler, seed=seed
-        )
+        z = self.sample_latents(cond_values, guidance_scale=guidance_scale, steps=steps, sampler=sampler, seed=seed)
         counts, library = self._decode_counts(z, cond_values, None, seed)
         settings = {
             "guidance_scale": guidance_scale if guidance_scale is not None else self.config.guidance_scale,
@@ -648,10 +623,7 @@ class LatentDiffusionModel(nn.Module):
             raise InvalidInputError(
                 f"set_conditions must name condition keys of this model ({list(keys)}); got {list(set_conditions)}."
             )
-        values = {
-            k: (set_conditions[k] if k in set_conditions else adata.obs[k].to_numpy(dtype=object))
-            for k in keys
-        }
+        values = {k: (set_conditions[k] if k in set_conditions else adata.obs[k].to_numpy(dtype=object)) for k in keys}
         new = self.encode_conditions(adata, values, n=adata.n_obs)
         ds = self.latent_dataset(adata)
         z0 = ds.tensors[BATCH_KEYS.LATENT]
@@ -671,10 +643,7 @@ class LatentDiffusionModel(nn.Module):
         from genailab.data import make_dataloader
 
         libs = torch.cat(
-            [
-                b[BATCH_KEYS.LIBRARY]
-                for b in make_dataloader(self.vae._dataset(adata), batch_size=4096, shuffle=False)
-            ]
+            [b[BATCH_KEYS.LIBRARY] for b in make_dataloader(self.vae._dataset(adata), batch_size=4096, shuffle=False)]
         )
         counts, library = self._decode_counts(z, new, libs, seed)
         obs = adata.obs.copy()

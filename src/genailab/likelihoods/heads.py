@@ -75,7 +75,7 @@ def _check_n_conditions(n_conditions: int | None) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-class Dispersion(nn.Module):
+class Dispersion(nn.Module, abc.ABC):
     """Base class of the NB inverse-dispersion modules: ``forward(h, condition) -> theta`` ``(B, G)``.
 
     Every mode starts at ``theta = 1`` (its parameters are zero-initialised ``log theta``) and keeps
@@ -100,9 +100,9 @@ class Dispersion(nn.Module):
         self.n_genes = n_genes
         self.n_conditions = n_conditions
 
+    @abc.abstractmethod
     def forward(self, h: Tensor, condition: Tensor | None = None) -> Tensor:
         """Return positive ``theta`` ``(B, G)`` for hidden states ``h`` ``(B, H)``."""
-        raise NotImplementedError
 
 
 @DISPERSIONS.register("gene")

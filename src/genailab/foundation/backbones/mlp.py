@@ -49,49 +49,34 @@ class MLPBackboneConfig(BackboneConfig):
         check_fraction("dropout", self.dropout)
 
     @classmethod
+    def _sized(
+        cls, n_tokens: int, token_dim: int, n_cond_tokens: int, cond_dim: int, hidden_dim: int, depth: int, **kw: Any
+    ) -> MLPBackboneConfig:
+        return cls(
+            **{"n_tokens": n_tokens, "token_dim": token_dim, "n_cond_tokens": n_cond_tokens, "cond_dim": cond_dim,
+               "hidden_dim": hidden_dim, "depth": depth, **kw}
+        )  # fmt: skip
+
+    @classmethod
     def tiny(
         cls, n_tokens: int, token_dim: int, n_cond_tokens: int = 0, cond_dim: int = 0, **kw: Any
     ) -> MLPBackboneConfig:
         """Width 64, 2 blocks (tests and smoke runs)."""
-        return cls(
-            n_tokens=n_tokens,
-            token_dim=token_dim,
-            n_cond_tokens=n_cond_tokens,
-            cond_dim=cond_dim,
-            hidden_dim=64,
-            depth=2,
-            **kw,
-        )
+        return cls._sized(n_tokens, token_dim, n_cond_tokens, cond_dim, 64, 2, **kw)
 
     @classmethod
     def small(
         cls, n_tokens: int, token_dim: int, n_cond_tokens: int = 0, cond_dim: int = 0, **kw: Any
     ) -> MLPBackboneConfig:
         """Width 512, 3 blocks: the baseline denoiser."""
-        return cls(
-            n_tokens=n_tokens,
-            token_dim=token_dim,
-            n_cond_tokens=n_cond_tokens,
-            cond_dim=cond_dim,
-            hidden_dim=512,
-            depth=3,
-            **kw,
-        )
+        return cls._sized(n_tokens, token_dim, n_cond_tokens, cond_dim, 512, 3, **kw)
 
     @classmethod
     def base(
         cls, n_tokens: int, token_dim: int, n_cond_tokens: int = 0, cond_dim: int = 0, **kw: Any
     ) -> MLPBackboneConfig:
         """Width 1024, 4 blocks."""
-        return cls(
-            n_tokens=n_tokens,
-            token_dim=token_dim,
-            n_cond_tokens=n_cond_tokens,
-            cond_dim=cond_dim,
-            hidden_dim=1024,
-            depth=4,
-            **kw,
-        )
+        return cls._sized(n_tokens, token_dim, n_cond_tokens, cond_dim, 1024, 4, **kw)
 
 
 class _ResidualBlock(nn.Module):

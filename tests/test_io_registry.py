@@ -5,7 +5,7 @@ import json
 import pytest
 
 from genailab.errors import InvalidInputError, OutputPathError
-from genailab.io import atomic_directory, atomic_write, atomic_write_json, check_writable
+from genailab.io import atomic_write, atomic_write_json, check_writable
 from genailab.registry import Registry
 
 
@@ -38,23 +38,6 @@ def test_unwritable_output_is_refused_early(tmp_path):
         check_writable(blocker / "out.h5ad")
     with pytest.raises(OutputPathError):
         atomic_write_json(blocker / "x.json", {})
-
-
-def test_atomic_directory(tmp_path):
-    dest = tmp_path / "model"
-    with atomic_directory(dest) as tmp:
-        (tmp / "a").write_text("1")
-    assert (dest / "a").read_text() == "1"
-
-    def failing_rewrite():
-        with atomic_directory(dest) as tmp:
-            (tmp / "a").write_text("2")
-            raise RuntimeError
-
-    with pytest.raises(RuntimeError):
-        failing_rewrite()
-    assert (dest / "a").read_text() == "1"  # the old directory survives a failed rewrite
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_registry_lists_names():

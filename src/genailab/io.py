@@ -2,24 +2,22 @@
 
 Each writer writes to a temporary sibling and renames it into place (``os.replace`` is atomic on
 POSIX within one file system), so an interrupted run never leaves a half-written output.
-Directories are written the same way: build in a temporary sibling, then swap.
+Model directories write each file this way and ``config.json`` last, so a directory without it is
+an unfinished save.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from genailab.errors import OutputPathError
 
 __all__ = [
-    "atomic_directory",
     "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
@@ -134,42 +132,3 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 def write_h5ad(adata: Any, path: str | os.PathLike[str]) -> Path:
     """Atomically write an AnnData to ``path`` (h5ad)."""
     return atomic_write(path, lambda tmp: adata.write_h5ad(tmp))
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
-    """Build a directory in a temporary sibling and move it into place on success.
-
-    Parameters
-    ----------
-    path
-        Final directory.
-    overwrite
-        Replace an existing directory at ``path``. If False, an existing directory is an error.
-
-    Yields
-    ------
-    The temporary directory to fill.
-    """
-    dest = check_writable(path)
-    if dest.exists() and not dest.is_dir():
-        raise OutputPathError(f"out={str(path)!r} exists and is a file; expected a directory path.")
-    if dest.exists() and not overwrite:
-        raise OutputPathError(f"out={str(path)!r} already exists; pass overwrite=True to replace it.")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputPathError(f"cannot create directory {str(dest.parent)!r}: {err.strerror}.") from err
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        yield tmp
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

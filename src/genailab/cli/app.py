@@ -29,6 +29,11 @@ synth_app = typer.Typer(
     help="Conditional latent diffusion: train, sample, counterfactual, evaluate.", no_args_is_help=True
 )
 app.add_typer(synth_app, name="synth")
+perturb_app = typer.Typer(
+    help="Perturbation response (delta in latent space, calibrated ensemble): train, predict, evaluate.",
+    no_args_is_help=True,
+)
+app.add_typer(perturb_app, name="perturb")
 
 _STATE = {"debug": False}
 
@@ -227,6 +232,105 @@ def synth_evaluate(
 
     evaluate_synth(real, syn, out, condition_key=condition_key, layer=layer, seed=seed)
     _console().print(f"[green]wrote[/green] {out}/report.html and {out}/metrics.json")
+
+
+@perturb_app.command("train")
+def perturb_train(
+    data: Annotated[Path, typer.Argument(help="Perturbation screen (.h5ad) with raw integer counts.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory (model, vae/, member_K/, split.json, run.json).")],
+    perturbation_key: Annotated[
+        str | None, typer.Option("--perturbation-key", help="obs column of conditions (default 'condition').")
+    ] = None,
+    control: Annotated[str | None, typer.Option("--control", help="Control label (default 'control').")] = None,
+    context_key: Annotated[
+        str | None, typer.Option("--context-key", help="obs column of the cell context (cell line/type).")
+    ] = None,
+    holdout: Annotated[
+        list[str] | None,
+        typer.Option("--holdout", help="Hold out P everywhere, or P@C only in context C (repeatable)."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="unseen_single | combo | context (drawn with --seed).")
+    ] = None,
+    gene_sets: Annotated[
+        list[Path] | None, typer.Option("--gene-sets", help="GMT file(s) of gene-set priors (repeatable).")
+    ] = None,
+    grn: Annotated[
+        list[Path] | None, typer.Option("--grn", help="TF->target edge list(s) for GRN priors (repeatable).")
+    ] = None,
+    vae: Annotated[Path | None, typer.Option("--vae", help="Reuse a trained VAE directory (frozen).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config (see README).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key, e.g. --set model.n_members=3.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
+) -> None:
+    """Hold out perturbations, train the VAE on training cells, train and calibrate the ensemble (reruns resume)."""
+    from genailab.perturbation.workflows import train_perturb
+
+    summary = train_perturb(
+        data,
+        out,
+        perturbation_key=perturbation_key,
+        control=control,
+        context_key=context_key,
+        holdouts=holdout or [],
+        split=split,
+        gene_sets=[str(p) for p in gene_sets or []],
+        grn=[str(p) for p in grn or []],
+        config_path=config,
+        sets=set_ or [],
+        seed=seed,
+        vae_dir=vae,
+    )
+    held = summary["held_out"] + ["@".join(p) for p in summary["held_out_pairs"]]
+    _console().print(
+        f"[green]trained[/green] {summary['model_dir']} in {summary['wall_s']:.0f} s; held out: {', '.join(held)}"
+    )
+
+
+@perturb_app.command("predict")
+def perturb_predict(
+    model_dir: Annotated[Path, typer.Argument(help="A directory written by 'genailab perturb train'.")],
+    controls: Annotated[Path, typer.Option("--controls", help="Control cells (.h5ad) to perturb in silico.")],
+    perturbation: Annotated[str, typer.Option("--perturbation", help="e.g. KLF1 or SET+KLF1.")],
+    out: Annotated[Path, typer.Option("--out", help="Output .h5ad (one predicted cell per control cell).")],
+    context: Annotated[
+        str | None, typer.Option("--context", help="Context value (e.g. k562) of the control cells to use.")
+    ] = None,
+    allow_ood: Annotated[
+        bool, typer.Option("--allow-ood", help="Allow a context never seen in training; read the OOD score.")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Predict perturbed cells: sampled counts in X, mean and 90% interval layers, OOD score in obs/uns."""
+    from genailab.perturbation.workflows import predict_perturb
+
+    info = predict_perturb(model_dir, controls, perturbation, out, context=context, allow_ood=allow_ood, seed=seed)
+    _console().print(
+        f"[green]wrote[/green] {info['out']}: {info['n_cells']} cells, OOD score {info['ood_score']:.2f}"
+        + (" [yellow](out of distribution)[/yellow]" if info["ood"] else "")
+    )
+
+
+@perturb_app.command("evaluate")
+def perturb_evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="A directory written by 'genailab perturb train'.")],
+    data: Annotated[Path, typer.Argument(help="The data the model was trained on (.h5ad).")],
+    out: Annotated[Path, typer.Option("--out", help="Report directory (metrics.json, report.html).")],
+    gene_sets: Annotated[
+        list[Path] | None,
+        typer.Option("--gene-sets", help="GMT for pathway consistency (default: the first training GMT)."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Score the model and every baseline on the held-out split saved in MODEL_DIR."""
+    from genailab.perturbation.workflows import evaluate_perturb
+
+    summary = evaluate_perturb(
+        model_dir, data, out, gene_sets=[str(p) for p in gene_sets] if gene_sets else None, seed=seed
+    )
+    _console().print(f"[green]wrote[/green] {out}/report.html and {out}/metrics.json ({summary['n_queries']} queries)")
 
 
 @app.command("demo")

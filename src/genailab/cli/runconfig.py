@@ -13,9 +13,10 @@ from genailab.data import DataSpec
 from genailab.errors import InvalidInputError
 from genailab.foundation.recipes.count_vae import PRESETS, LatentTokenVAEConfig
 from genailab.foundation.recipes.latent_diffusion import LatentDiffusionConfig
+from genailab.foundation.recipes.perturb_delta import PerturbDeltaConfig
 from genailab.training import TrainConfig
 
-__all__ = ["SynthRunConfig", "VAERunConfig", "resolve_run_config", "versions"]
+__all__ = ["PerturbRunConfig", "SynthRunConfig", "VAERunConfig", "resolve_run_config", "versions"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,78 @@ class SynthRunConfig(Config):
         from genailab.foundation.backbones import BACKBONES
 
         check_positive("seed", self.seed, strict=False, integer=True)
+        if self.vae_preset not in PRESETS:
+            raise InvalidInputError(
+                f"vae_preset={self.vae_preset!r} is not allowed; expected one of {', '.join(PRESETS)}."
+            )
+        _check_passthrough("vae", self.vae, LatentTokenVAEConfig.tiny(1, n_batches=1), {"n_genes", "n_batches"})
+        backbone_cls = BACKBONES.get(self.backbone)
+        preset = getattr(backbone_cls.config_class, self.backbone_preset, None)
+        if preset is None:
+            raise InvalidInputError(f"backbone {self.backbone!r} has no preset {self.backbone_preset!r}.")
+        fixed = {"n_tokens", "token_dim", "n_cond_tokens", "cond_dim", "out_dim"}
+        _check_passthrough("backbone_config", self.backbone_config, preset(4, 8), fixed)
+
+
+SPLIT_KINDS = ("none", "unseen_single", "combo", "context")
+
+
+def _perturb_train_default() -> TrainConfig:
+    # Each ensemble member: a few hundred small steps on cached latents (seconds to a minute on CPU).
+    return TrainConfig(max_epochs=150, batch_size=256, lr=1e-3, early_stopping_patience=25, val_fraction=0.0)
+
+
+@dataclass(frozen=True)
+class PerturbRunConfig(Config):
+    """Everything ``genailab perturb train`` needs: data keys, split, VAE stage, priors, ensemble.
+
+    ``vae`` holds overrides of :class:`~genailab.foundation.recipes.LatentTokenVAEConfig` fields,
+    ``backbone_config`` overrides of the delta network's backbone config, and ``model`` the
+    :class:`~genailab.foundation.recipes.PerturbDeltaConfig` (e.g. ``--set model.n_members=3``).
+    ``split`` picks the held-out set: ``none`` (only ``holdouts``), ``unseen_single`` (a fraction
+    ``split_fraction`` of the single agents that have prior features), ``combo`` (combinations with
+    ``split_seen`` of 2 singles seen) or ``context`` (``split_n_pairs`` perturbations each held out in
+    one context).
+    """
+
+    seed: int = 0
+    perturbation_key: str = "condition"
+    control: str = "control"
+    delimiter: str = "+"
+    context_key: str | None = None
+    dose_key: str | None = None
+    layer: str | None = None
+    split: str = "none"
+    split_fraction: float = 0.2
+    split_seen: int = 2
+    split_n_pairs: int = 1
+    holdouts: tuple[str, ...] = ()
+    gene_sets: tuple[str, ...] = ()
+    grn: tuple[str, ...] = ()
+    prior_components: int = 32
+    vae_preset: str = "small"
+    vae: tuple[tuple[str, str], ...] = ()
+    vae_train: TrainConfig = field(default_factory=_vae_train_default)
+    backbone: str = "mlp"
+    backbone_preset: str = "small"
+    backbone_config: tuple[tuple[str, str], ...] = ()
+    model: PerturbDeltaConfig = field(default_factory=PerturbDeltaConfig)
+    train: TrainConfig = field(default_factory=_perturb_train_default)
+
+    PASSTHROUGH: ClassVar[dict[str, type]] = {"vae": LatentTokenVAEConfig, "backbone_config": Config}
+
+    def __post_init__(self) -> None:
+        from genailab.foundation.backbones import BACKBONES
+
+        check_positive("seed", self.seed, strict=False, integer=True)
+        if self.split not in SPLIT_KINDS:
+            raise InvalidInputError(f"split={self.split!r} is not allowed; expected one of {', '.join(SPLIT_KINDS)}.")
+        if self.split_seen not in (0, 1, 2):
+            raise InvalidInputError(f"split_seen={self.split_seen!r} must be 0, 1 or 2.")
+        check_positive("split_n_pairs", self.split_n_pairs, integer=True)
+        check_positive("prior_components", self.prior_components, integer=True)
+        if not 0 < self.split_fraction < 1:
+            raise InvalidInputError(f"split_fraction={self.split_fraction!r} must be in (0, 1).")
         if self.vae_preset not in PRESETS:
             raise InvalidInputError(
                 f"vae_preset={self.vae_preset!r} is not allowed; expected one of {', '.join(PRESETS)}."

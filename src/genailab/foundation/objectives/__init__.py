@@ -1,5 +1,29 @@
-"""Objectives: losses as pure functions plus the structured :class:`LossOutput`."""
+"""Objectives: losses as pure functions plus the structured :class:`LossOutput`, and uncertainty calibration."""
 
 from genailab.foundation.objectives.losses import LossOutput, gaussian_kl, linear_warmup
+from genailab.foundation.objectives.uncertainty import (
+    LEVELS,
+    ConformalCalibrator,
+    auroc,
+    calibration_curve,
+    gaussian_crps,
+    interval_coverage,
+    regression_ece,
+    risk_coverage,
+    spearman,
+)
 
-__all__ = ["LossOutput", "gaussian_kl", "linear_warmup"]
+__all__ = [
+    "LEVELS",
+    "ConformalCalibrator",
+    "LossOutput",
+    "auroc",
+    "calibration_curve",
+    "gaussian_crps",
+    "gaussian_kl",
+    "interval_coverage",
+    "linear_warmup",
+    "regression_ece",
+    "risk_coverage",
+    "spearman",
+]

@@ -4,15 +4,29 @@
   synthesis and perturbation recipes).
 - :class:`LatentDiffusionModel`: conditional latent diffusion over a frozen VAE (synthesis,
   counterfactuals, batch correction).
+- :class:`PerturbDeltaModel`: perturbation response as a shift in the frozen VAE's latent space, a
+  calibrated deep ensemble with an OOD score (``perturb_delta_latent``).
 """
 
 from genailab.foundation.recipes.count_vae import LatentTokenDecoder, LatentTokenVAE, LatentTokenVAEConfig
 from genailab.foundation.recipes.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
+from genailab.foundation.recipes.perturb_delta import (
+    FORMULATIONS,
+    PerturbDeltaConfig,
+    PerturbDeltaModel,
+    PerturbDeltaNet,
+    ResponsePrediction,
+)
 
 __all__ = [
+    "FORMULATIONS",
     "LatentDiffusionConfig",
     "LatentDiffusionModel",
     "LatentTokenDecoder",
     "LatentTokenVAE",
     "LatentTokenVAEConfig",
+    "PerturbDeltaConfig",
+    "PerturbDeltaModel",
+    "PerturbDeltaNet",
+    "ResponsePrediction",
 ]

@@ -79,7 +79,9 @@ def resolve_run_config(
         else:
             rest[key] = value
     config = apply_overrides(cls(), rest)
-    return config.replace(**{name: tuple(sorted(items.items())) for name, items in passthrough.items()})
+    # pass-through sections extend the class defaults (e.g. the perturbation run's VAE kl_weight)
+    merged = {name: {**dict(getattr(config, name)), **items} for name, items in passthrough.items()}
+    return config.replace(**{name: tuple(sorted(items.items())) for name, items in merged.items()})
 
 
 def _yaml_text(value: Any) -> str:
@@ -162,7 +164,7 @@ SPLIT_KINDS = ("none", "unseen_single", "combo", "context")
 
 def _perturb_train_default() -> TrainConfig:
     # Each ensemble member: a few hundred small steps on cached latents (seconds to a minute on CPU).
-    return TrainConfig(max_epochs=150, batch_size=256, lr=1e-3, early_stopping_patience=25, val_fraction=0.0)
+    return TrainConfig(max_epochs=60, batch_size=256, lr=1e-3, early_stopping_patience=15, val_fraction=0.0)
 
 
 @dataclass(frozen=True)
@@ -194,11 +196,13 @@ class PerturbRunConfig(Config):
     grn: tuple[str, ...] = ()
     prior_components: int = 32
     vae_preset: str = "small"
-    vae: tuple[tuple[str, str], ...] = ()
+    # A light KL keeps the posterior sharp enough for gene-level responses (measured on Norman: the
+    # default 1.0 shrinks decoded shifts to about a third of the observed ones).
+    vae: tuple[tuple[str, str], ...] = (("kl_weight", "0.1"),)
     vae_train: TrainConfig = field(default_factory=_vae_train_default)
     backbone: str = "mlp"
     backbone_preset: str = "small"
-    backbone_config: tuple[tuple[str, str], ...] = ()
+    backbone_config: tuple[tuple[str, str], ...] = (("depth", "2"), ("hidden_dim", "256"))
     model: PerturbDeltaConfig = field(default_factory=PerturbDeltaConfig)
     train: TrainConfig = field(default_factory=_perturb_train_default)
 

@@ -279,7 +279,7 @@ def train_perturb_on(
         "n_trainable_parameters": n_trainable,
         "n_frozen_parameters": sum(p.numel() for p in model.vae.parameters()),
         "calibrated": model.calibrator is not None,
-        "ood_reference": model.ood_reference,
+        "seen_ood_scores": model.seen_ood_scores,
         "members": [r.to_dict() for r in results],
         "wall_s": time.perf_counter() - t0,
         "versions": versions(),

@@ -15,8 +15,9 @@ arXiv:2302.00482), and minimises the paired latent error plus the decoder NLL of
 
 Uncertainty comes from a deep ensemble (Lakshminarayanan et al. 2017): members differ in seed and
 batch order; their spread in predicted mean expression is calibrated by split conformal prediction
-on *validation perturbations* held out of training, and their disagreement in latent space, relative
-to that on training perturbations, is the OOD score.
+on *validation perturbations* held out of training. The OOD score of a query is the distance of its
+conditioning (perturbation + context tokens) to the nearest training group, relative to the typical
+distance between training groups.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ class PerturbDeltaConfig(Config):
     context_keys: tuple[str, ...] = ()
     context_dropout: float = 0.1
     n_members: int = 5
-    nll_weight: float = 1.0
+    nll_weight: float = 10.0
     groups_per_batch: int = 8
     cells_per_group: int = 32
     val_fraction: float = 0.15
@@ -457,7 +458,10 @@ class ResponsePrediction:
     expected
         ``(n, G)`` ensemble-mean expected counts of each predicted cell.
     ood_score
-        Ensemble disagreement relative to that on training perturbations (about 1 for seen ones).
+        Distance to the nearest training (perturbation, context) group, in units of the typical
+        distance between training groups (see :meth:`PerturbDeltaModel.ood_score`).
+    disagreement
+        Mean latent variance across ensemble members.
     novelty
         What is new about the query: unseen agents and whether the context is unseen.
     """
@@ -470,6 +474,7 @@ class ResponsePrediction:
     expected: np.ndarray
     ood_score: float
     novelty: dict[str, Any]
+    disagreement: float = 0.0
 
 
 def _log_normalize(x: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
@@ -542,8 +547,10 @@ class PerturbDeltaModel(nn.Module):
         self.priors = priors
         self._install_priors()
         self.calibrator: ConformalCalibrator | None = None
-        self.ood_reference: float = 1.0
+        self.ood_reference: list[float] = [1.0] * len(nets)
         self.seen_ood_scores: list[float] = []
+        self.seen_groups: list[tuple[str, list[float]]] = []
+        self._seen_embeddings: list[torch.Tensor] | None = None
         self.val_conditions: list[list[str]] = []
         self.vae_source: dict[str, str] | None = None
 
@@ -797,7 +804,7 @@ class PerturbDeltaModel(nn.Module):
     def calibrate(
         self, adata: AnnData, cells: _Cells, train_rows: np.ndarray, val_rows: np.ndarray, *, seed: int = 0
     ) -> None:
-        """Fit the conformal calibrator on validation conditions and the OOD reference on training ones."""
+        """Fit the conformal calibrator on validation conditions and the OOD reference on training groups."""
         from genailab.foundation.objectives.uncertainty import ConformalCalibrator
         from genailab.perturbation.pseudobulk import log_normalize
 
@@ -811,13 +818,8 @@ class PerturbDeltaModel(nn.Module):
             ]
 
         seen = groups(train_rows)
-        rng = np.random.default_rng(seed)
-        if len(seen) > 24:
-            seen = [seen[i] for i in sorted(rng.choice(len(seen), 24, replace=False).tolist())]
-        disagreement = [self._query(adata, controls[x], c, x_codes_row=int(rows[0]), cells=cells, seed=seed)[1]
-                        for c, x, rows in seen]  # fmt: skip
-        self.ood_reference = float(np.median(disagreement)) if disagreement else 1.0
-        self.seen_ood_scores = [float(d / max(self.ood_reference, 1e-12)) for d in disagreement]
+        self.seen_groups = [(c, cells.context_codes[int(rows[0])].tolist()) for c, x, rows in seen]
+        self._fit_ood()
         val = groups(val_rows)
         self.val_conditions = [[c, x] for c, x, _ in val]
         if not val:
@@ -831,6 +833,65 @@ class PerturbDeltaModel(nn.Module):
             mu.append(pred.mean)
             sd.append(pred.sigma)
         self.calibrator = ConformalCalibrator.fit(np.stack(y), np.stack(mu), np.stack(sd))
+
+    # ------------------------------------------------------------------ OOD score
+    @torch.no_grad()
+    def _embed(self, conditions: Sequence[str], codes: np.ndarray) -> list[torch.Tensor]:
+        """Per member, ``(n, C * (1 + K))`` conditioning vectors (perturbation token + context tokens)."""
+        ids, dose = self.vocab.encode(list(conditions))
+        ids_t, dose_t = torch.as_tensor(ids), torch.as_tensor(dose)
+        codes_t = torch.as_tensor(np.asarray(codes, dtype=np.float32).reshape(len(conditions), -1))
+        out = []
+        for net in self.nets:
+            net.eval()
+            p, _ = net.perturbation_token(ids_t, dose_t)  # (n, C)
+            parts = [p] if net.context is None else [p, net.context(codes_t).flatten(1)]  # (n, C), (n, K*C)
+            out.append(torch.cat(parts, dim=1))
+        return out
+
+    def _fit_ood(self) -> None:
+        """Reference distances: each training group's distance to its nearest *other* training group."""
+        self._seen_embeddings = None
+        if len(self.seen_groups) < 2:
+            self.ood_reference, self.seen_ood_scores = [1.0] * len(self.nets), [0.0] * len(self.seen_groups)
+            return
+        conds = [c for c, _ in self.seen_groups]
+        codes = np.array([x for _, x in self.seen_groups], dtype=np.float32)
+        embs = self._embed(conds, codes)
+        refs, loo = [], []
+        for e in embs:
+            d = torch.cdist(e.double(), e.double())
+            d.fill_diagonal_(float("inf"))
+            nn_d = d.min(1).values  # (n,)
+            ref = float(nn_d.median().clamp(min=1e-8))
+            refs.append(ref)
+            loo.append((nn_d / ref).numpy())
+        self.ood_reference = refs
+        self.seen_ood_scores = [float(v) for v in np.mean(loo, axis=0)]
+        self._seen_embeddings = embs
+
+    def ood_score(self, condition: str, codes: np.ndarray) -> float:
+        """Distance of a query to the nearest training (perturbation, context) group.
+
+        The distance is in units of the typical nearest-neighbour distance between training groups
+        (averaged over members). A query equal to a training group scores 0; leave-one-out training
+        groups score about 1; an unseen agent or an unseen context (learned null token) moves the
+        query away from every training group. This is the conditioning the delta network sees, so the
+        score measures how far the network must extrapolate (a distance-aware OOD score, cf. Liu et
+        al. 2020, SNGP).
+        """
+        if len(self.seen_groups) == 0:
+            return float("nan")
+        if getattr(self, "_seen_embeddings", None) is None:
+            self._fit_ood()
+        if self._seen_embeddings is None:
+            return 0.0
+        q = self._embed([condition], np.asarray(codes, dtype=np.float32).reshape(1, -1))
+        scores = [
+            float(torch.cdist(qe.double(), se.double()).min()) / ref
+            for qe, se, ref in zip(q, self._seen_embeddings, self.ood_reference, strict=True)
+        ]
+        return float(np.mean(scores))
 
     # ------------------------------------------------------------------ prediction
     def _decoders(self) -> list[LatentTokenVAE]:
@@ -889,6 +950,7 @@ class PerturbDeltaModel(nn.Module):
         members = (control_mean.unsqueeze(0) + torch.stack(means)).numpy()  # (K, G)
         zstack = torch.stack(zs)  # (K, n, m, d)
         disagreement = float(zstack.var(0, unbiased=len(zs) > 1).mean()) if len(zs) > 1 else 0.0
+        ood = self.ood_score(condition, ctx[0].numpy())
         pick = torch.as_tensor(np.arange(n) % len(zs))
         cell_counts = torch.stack(sampled)[pick, torch.arange(n)]  # (n, G) one member per cell (mixture)
         novelty = {
@@ -902,7 +964,8 @@ class PerturbDeltaModel(nn.Module):
             control_mean=control_mean.numpy(),
             counts=cell_counts.numpy(),
             expected=torch.stack(expected).mean(0).numpy(),
-            ood_score=disagreement / max(self.ood_reference, 1e-12),
+            ood_score=ood,
+            disagreement=disagreement,
             novelty=novelty,
         )
         return pred, disagreement
@@ -1104,8 +1167,7 @@ class PerturbDeltaModel(nn.Module):
             d / "calibration.json",
             {
                 "calibrator": self.calibrator.to_dict() if self.calibrator is not None else None,
-                "ood_reference": self.ood_reference,
-                "seen_ood_scores": self.seen_ood_scores,
+                "seen_groups": [[c, list(x)] for c, x in self.seen_groups],
                 "val_conditions": self.val_conditions,
             },
         )
@@ -1167,8 +1229,8 @@ class PerturbDeltaModel(nn.Module):
                 load_state_dict_strict(d, dec.decoder, name=f"decoder_{k}.safetensors")
                 model.decoders[k] = dec.requires_grad_(False)
         model.calibrator = ConformalCalibrator.from_dict(calib["calibrator"]) if calib.get("calibrator") else None
-        model.ood_reference = float(calib.get("ood_reference", 1.0))
-        model.seen_ood_scores = [float(s) for s in calib.get("seen_ood_scores", [])]
+        model.seen_groups = [(str(c), [float(v) for v in x]) for c, x in calib.get("seen_groups", [])]
+        model._fit_ood()
         model.val_conditions = [list(p) for p in calib.get("val_conditions", [])]
         model.vae_source = source
         model.eval()

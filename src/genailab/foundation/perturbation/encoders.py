@@ -29,6 +29,7 @@ from genailab.registry import Registry
 __all__ = [
     "COMPOSERS",
     "PERTURBATION_ENCODERS",
+    "AdditiveComposer",
     "AttentionComposer",
     "CompoundEncoder",
     "GeneEncoder",
@@ -183,6 +184,29 @@ class SumComposer(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, S, C)`` tokens, ``(B, S)`` mask -> ``(B, C)``."""
         return (tokens * mask.unsqueeze(-1).to(tokens.dtype)).sum(1)
+
+
+@COMPOSERS.register("additive")
+class AdditiveComposer(nn.Module):
+    """Additive *in latent space*: the delta network runs once per agent and the shifts are summed.
+
+    ``delta_z(A+B) = f(z, A) + f(z, B) + gate * f(z, interaction(A, B))``: the decoded response of a
+    combination is non-additive in gene space (the decoder saturates), and a zero-gated attention term
+    learns genetic interactions where training combinations call for them. :meth:`forward` returns the
+    interaction token; :attr:`per_agent` tells the delta network to run per agent.
+    """
+
+    per_agent = True
+
+    def __init__(self, dim: int, n_heads: int = 4) -> None:
+        super().__init__()
+        self.interaction = AttentionComposer(dim, n_heads)
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, S, C)`` tokens, ``(B, S)`` mask -> ``(B, C)`` interaction token (zero at init)."""
+        base = (tokens * mask.unsqueeze(-1).to(tokens.dtype)).sum(1)
+        return self.interaction(tokens, mask) - base  # the attention term alone
 
 
 @COMPOSERS.register("attention")

@@ -15,9 +15,9 @@ arXiv:2302.00482), and minimises the paired latent error plus the decoder NLL of
 
 Uncertainty comes from a deep ensemble (Lakshminarayanan et al. 2017): members differ in seed and
 batch order; their spread in predicted mean expression is calibrated by split conformal prediction
-on *validation perturbations* held out of training. The OOD score of a query is the distance of its
-conditioning (perturbation + context tokens) to the nearest training group, relative to the typical
-distance between training groups.
+on *validation perturbations* held out of training. The OOD score of a query is the members'
+disagreement on its latent shift relative to their disagreement on the training perturbations
+(epistemic uncertainty: members agree where data constrained them).
 """
 
 from __future__ import annotations
@@ -104,6 +104,21 @@ class DeltaFormulation:
         return z_base + out * perturbed.view(-1, 1, 1).to(out.dtype)
 
 
+@FORMULATIONS.register("shift")
+class ShiftFormulation(DeltaFormulation):
+    """``z = z_base + f(p, c)``: one latent shift per (perturbation, context), the same for every cell.
+
+    scGen's latent vector arithmetic (Lotfollahi et al. 2019, Nat Methods) made conditional: each
+    control cell keeps its own position, so the predicted population inherits the controls'
+    heterogeneity, and the shift cannot distort the population's spread (on small screens a
+    cell-dependent shift overfits that spread, which moves the decoded mean).
+    """
+
+    def inputs(self, z_base: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Zeros ``(B, m, d)``: the network does not see the cell."""
+        return torch.zeros_like(z_base)
+
+
 @FORMULATIONS.register("direct")
 class DirectFormulation:
     """``z = f(noise, p, c)``: the seed's direct formulation, a one-step conditional generator.
@@ -132,11 +147,16 @@ class PerturbDeltaConfig(Config):
     Parameters
     ----------
     formulation
-        ``delta`` (predict ``delta_z`` and decode ``z_base + delta_z``) or ``direct``.
+        ``shift`` (default: ``delta_z = f(p, c)``, one latent shift per perturbation and context),
+        ``delta`` (``delta_z = f(z_base, p, c)``, cell-dependent) or ``direct`` (``z = f(noise, p, c)``);
+        every one decodes a latent per control cell. On Norman the cell-dependent ``delta`` overfits
+        the population's spread (see BENCHMARKS.md).
     encoder
         Agent encoder: ``gene`` (genetic) or ``compound`` (chemical, with dose response).
     composer
-        How a combination's agents are pooled: ``attention`` (sum + learned interactions) or ``sum``.
+        How a combination's agents combine: ``additive`` (default: one latent shift per agent, summed,
+        plus a zero-gated interaction term), ``attention`` (tokens summed plus learned interactions,
+        then one shift) or ``sum``.
     perturbation_dim
         Width of the perturbation and context tokens.
     prior_hidden_dim
@@ -151,7 +171,9 @@ class PerturbDeltaConfig(Config):
     n_members
         Ensemble size.
     nll_weight
-        Weight of the per-gene decoder NLL beside the paired latent error.
+        Weight of the per-gene decoder NLL of the observed counts beside the OT-paired latent error
+        (0 by default: on Norman it pulled decoded means away from the observed ones; it is what
+        trains the decoder under ``finetune='decoder'``).
     groups_per_batch, cells_per_group
         Training batch layout: this many (condition, context) groups, this many cells each.
     val_fraction
@@ -163,16 +185,16 @@ class PerturbDeltaConfig(Config):
         ``none`` (frozen VAE) or ``decoder`` (each member also trains its own copy of the decoder).
     """
 
-    formulation: str = "delta"
+    formulation: str = "shift"
     encoder: str = "gene"
-    composer: str = "attention"
+    composer: str = "additive"
     perturbation_dim: int = 64
     prior_hidden_dim: int = 128
     identity_dropout: float = 0.5
     context_keys: tuple[str, ...] = ()
     context_dropout: float = 0.1
     n_members: int = 5
-    nll_weight: float = 10.0
+    nll_weight: float = 0.0
     groups_per_batch: int = 8
     cells_per_group: int = 32
     val_fraction: float = 0.15
@@ -196,6 +218,13 @@ class PerturbDeltaConfig(Config):
             raise InvalidInputError(f"finetune={self.finetune!r} is not allowed; expected one of {FINETUNE}.")
         if len(set(self.context_keys)) != len(self.context_keys):
             raise InvalidInputError(f"context_keys={self.context_keys} lists a key twice.")
+        if self.finetune == "decoder" and self.nll_weight <= 0:
+            raise InvalidInputError("finetune='decoder' trains the decoder through the NLL; set nll_weight > 0.")
+        if self.formulation == "direct" and getattr(COMPOSERS.get(self.composer), "per_agent", False):
+            raise InvalidInputError(
+                f"composer={self.composer!r} sums per-agent latent shifts, which needs formulation='delta'; "
+                "use composer='attention' or 'sum' with the direct formulation."
+            )
 
 
 # ---------------------------------------------------------------------- the network of one member
@@ -239,9 +268,23 @@ class PerturbDeltaNet(nn.Module):
         self.formulation = FORMULATIONS.get(config.formulation)()
 
     def perturbation_token(self, ids: torch.Tensor, dose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, S)`` ids and doses -> ``(B, C)`` perturbation embedding and ``(B,)`` perturbed flag."""
+        """``(B, S)`` ids and doses -> ``(B, C)`` perturbation embedding and ``(B,)`` perturbed flag.
+
+        For the per-agent ``additive`` composer the embedding is the sum of the agent tokens plus the
+        gated interaction token (what the OOD score reads).
+        """
         tokens, mask = self.encoder(ids, dose)  # (B, S, C), (B, S)
-        return self.composer(tokens, mask), mask.any(1)
+        pooled = self.composer(tokens, mask)
+        if getattr(self.composer, "per_agent", False):
+            pooled = (tokens * mask.unsqueeze(-1).to(tokens.dtype)).sum(1) + self.composer.gate * pooled
+        return pooled, mask.any(1)
+
+    def _shift(self, x: torch.Tensor, token: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+        """Backbone output ``(B, m, d)`` for input ``x`` under one perturbation token ``(B, C)``."""
+        cond = token.unsqueeze(1)  # (B, 1, C)
+        if ctx is not None:
+            cond = torch.cat([cond, ctx], dim=1)  # (B, 1+K, C)
+        return self.backbone(x, None, cond)
 
     def forward(
         self,
@@ -268,15 +311,24 @@ class PerturbDeltaNet(nn.Module):
         -------
         ``(B, m, d)`` standardised predicted latents.
         """
-        p, perturbed = self.perturbation_token(ids, dose)  # (B, C), (B,)
-        cond = p.unsqueeze(1)  # (B, 1, C)
-        if self.context is not None:
-            if context is None:
-                raise InvalidInputError("this model needs context codes (B, K); got None.")
-            cond = torch.cat([cond, self.context(context)], dim=1)  # (B, 1+K, C)
-        x = self.formulation.inputs(z_base, generator)
-        out = self.backbone(x, None, cond)  # (B, m, d)
-        return self.formulation.combine(z_base, out, perturbed)
+        if self.context is not None and context is None:
+            raise InvalidInputError("this model needs context codes (B, K); got None.")
+        ctx = self.context(context) if self.context is not None else None  # (B, K, C)
+        tokens, mask = self.encoder(ids, dose)  # (B, S, C), (B, S)
+        x = self.formulation.inputs(z_base, generator)  # (B, m, d)
+        if not getattr(self.composer, "per_agent", False):
+            return self.formulation.combine(z_base, self._shift(x, self.composer(tokens, mask), ctx), mask.any(1))
+        b, s, c = tokens.shape
+        rep = (b * s, *x.shape[1:])
+        xs = x.unsqueeze(1).expand(b, s, *x.shape[1:]).reshape(rep)  # (B*S, m, d)
+        cs = None if ctx is None else ctx.unsqueeze(1).expand(b, s, *ctx.shape[1:]).reshape(b * s, *ctx.shape[1:])
+        out = self._shift(xs, tokens.reshape(b * s, c), cs).view(b, s, *x.shape[1:])  # (B, S, m, d)
+        out = (out * mask.view(b, s, 1, 1).to(out.dtype)).sum(1)  # (B, m, d) sum of per-agent shifts
+        multi = mask.sum(1) > 1  # (B,)
+        if bool(multi.any()):
+            inter = self._shift(x, self.composer(tokens, mask), ctx)  # (B, m, d)
+            out = out + self.composer.gate * inter * multi.view(-1, 1, 1).to(out.dtype)
+        return self.formulation.combine(z_base, out, mask.any(1))
 
 
 def _ot_pairing(pred: torch.Tensor, target: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
@@ -458,10 +510,12 @@ class ResponsePrediction:
     expected
         ``(n, G)`` ensemble-mean expected counts of each predicted cell.
     ood_score
-        Distance to the nearest training (perturbation, context) group, in units of the typical
-        distance between training groups (see :meth:`PerturbDeltaModel.ood_score`).
+        Ensemble disagreement on the query's mean latent shift, relative to the median disagreement on
+        the training (perturbation, context) groups: about 1 for what the model was trained on,
+        larger the further the query is from it (an unseen agent known only by its priors, an unseen
+        context with the null token).
     disagreement
-        Mean latent variance across ensemble members.
+        The raw disagreement (variance across members, averaged over latent coordinates).
     novelty
         What is new about the query: unseen agents and whether the context is unseen.
     """
@@ -547,10 +601,8 @@ class PerturbDeltaModel(nn.Module):
         self.priors = priors
         self._install_priors()
         self.calibrator: ConformalCalibrator | None = None
-        self.ood_reference: list[float] = [1.0] * len(nets)
+        self.ood_reference: float = 1.0
         self.seen_ood_scores: list[float] = []
-        self.seen_groups: list[tuple[str, list[float]]] = []
-        self._seen_embeddings: list[torch.Tensor] | None = None
         self.val_conditions: list[list[str]] = []
         self.vae_source: dict[str, str] | None = None
 
@@ -818,8 +870,15 @@ class PerturbDeltaModel(nn.Module):
             ]
 
         seen = groups(train_rows)
-        self.seen_groups = [(c, cells.context_codes[int(rows[0])].tolist()) for c, x, rows in seen]
-        self._fit_ood()
+        rng = np.random.default_rng(seed)
+        scores = []
+        for c, _x, rows in seen:
+            ctrl = controls[_x]
+            ctrl = ctrl if len(ctrl) <= 256 else np.sort(rng.choice(ctrl, 256, replace=False))
+            codes = cells.context_codes[int(rows[0])].numpy()
+            scores.append(self._disagreement(cells.z[torch.as_tensor(ctrl)], c, codes, seed=seed))
+        self.ood_reference = float(np.median(scores)) if scores else 1.0
+        self.seen_ood_scores = [float(v / max(self.ood_reference, 1e-12)) for v in scores]
         val = groups(val_rows)
         self.val_conditions = [[c, x] for c, x, _ in val]
         if not val:
@@ -836,62 +895,19 @@ class PerturbDeltaModel(nn.Module):
 
     # ------------------------------------------------------------------ OOD score
     @torch.no_grad()
-    def _embed(self, conditions: Sequence[str], codes: np.ndarray) -> list[torch.Tensor]:
-        """Per member, ``(n, C * (1 + K))`` conditioning vectors (perturbation token + context tokens)."""
-        ids, dose = self.vocab.encode(list(conditions))
-        ids_t, dose_t = torch.as_tensor(ids), torch.as_tensor(dose)
-        codes_t = torch.as_tensor(np.asarray(codes, dtype=np.float32).reshape(len(conditions), -1))
-        out = []
-        for net in self.nets:
-            net.eval()
-            p, _ = net.perturbation_token(ids_t, dose_t)  # (n, C)
-            parts = [p] if net.context is None else [p, net.context(codes_t).flatten(1)]  # (n, C), (n, K*C)
-            out.append(torch.cat(parts, dim=1))
-        return out
-
-    def _fit_ood(self) -> None:
-        """Reference distances: each training group's distance to its nearest *other* training group."""
-        self._seen_embeddings = None
-        if len(self.seen_groups) < 2:
-            self.ood_reference, self.seen_ood_scores = [1.0] * len(self.nets), [0.0] * len(self.seen_groups)
-            return
-        conds = [c for c, _ in self.seen_groups]
-        codes = np.array([x for _, x in self.seen_groups], dtype=np.float32)
-        embs = self._embed(conds, codes)
-        refs, loo = [], []
-        for e in embs:
-            d = torch.cdist(e.double(), e.double())
-            d.fill_diagonal_(float("inf"))
-            nn_d = d.min(1).values  # (n,)
-            ref = float(nn_d.median().clamp(min=1e-8))
-            refs.append(ref)
-            loo.append((nn_d / ref).numpy())
-        self.ood_reference = refs
-        self.seen_ood_scores = [float(v) for v in np.mean(loo, axis=0)]
-        self._seen_embeddings = embs
-
-    def ood_score(self, condition: str, codes: np.ndarray) -> float:
-        """Distance of a query to the nearest training (perturbation, context) group.
-
-        The distance is in units of the typical nearest-neighbour distance between training groups
-        (averaged over members). A query equal to a training group scores 0; leave-one-out training
-        groups score about 1; an unseen agent or an unseen context (learned null token) moves the
-        query away from every training group. This is the conditioning the delta network sees, so the
-        score measures how far the network must extrapolate (a distance-aware OOD score, cf. Liu et
-        al. 2020, SNGP).
-        """
-        if len(self.seen_groups) == 0:
-            return float("nan")
-        if getattr(self, "_seen_embeddings", None) is None:
-            self._fit_ood()
-        if self._seen_embeddings is None:
+    def _disagreement(self, z_base: torch.Tensor, condition: str, codes: np.ndarray, *, seed: int = 0) -> float:
+        """Variance across members of the mean predicted latent shift of ``z_base`` ``(n, m, d)``."""
+        n = z_base.shape[0]
+        ids, dose = self.vocab.encode([condition] * n)
+        ctx = torch.as_tensor(np.broadcast_to(codes, (n, len(self.config.context_keys))).copy())
+        shifts = []
+        for k, net in enumerate(self.nets):
+            gen = torch.Generator().manual_seed(seed * 7919 + k)
+            z = net(z_base, torch.as_tensor(ids), torch.as_tensor(dose), ctx, generator=gen)
+            shifts.append((z - z_base).mean(0))  # (m, d)
+        if len(shifts) < 2:
             return 0.0
-        q = self._embed([condition], np.asarray(codes, dtype=np.float32).reshape(1, -1))
-        scores = [
-            float(torch.cdist(qe.double(), se.double()).min()) / ref
-            for qe, se, ref in zip(q, self._seen_embeddings, self.ood_reference, strict=True)
-        ]
-        return float(np.mean(scores))
+        return float(torch.stack(shifts).var(0).mean())
 
     # ------------------------------------------------------------------ prediction
     def _decoders(self) -> list[LatentTokenVAE]:
@@ -948,9 +964,9 @@ class PerturbDeltaModel(nn.Module):
             sampled.append(draws[0])
         control_mean = _log_normalize(counts).mean(0)
         members = (control_mean.unsqueeze(0) + torch.stack(means)).numpy()  # (K, G)
-        zstack = torch.stack(zs)  # (K, n, m, d)
-        disagreement = float(zstack.var(0, unbiased=len(zs) > 1).mean()) if len(zs) > 1 else 0.0
-        ood = self.ood_score(condition, ctx[0].numpy())
+        shifts = (torch.stack(zs) - z_base.unsqueeze(0)).mean(1)  # (K, m, d) mean latent shift per member
+        disagreement = float(shifts.var(0).mean()) if len(zs) > 1 else 0.0
+        ood = disagreement / max(self.ood_reference, 1e-12)
         pick = torch.as_tensor(np.arange(n) % len(zs))
         cell_counts = torch.stack(sampled)[pick, torch.arange(n)]  # (n, G) one member per cell (mixture)
         novelty = {
@@ -1103,7 +1119,7 @@ class PerturbDeltaModel(nn.Module):
             "perturbation": perturbation,
             "context": label,
             "ood_score": float(pred.ood_score),
-            "ood": bool(pred.novelty["unseen_context"] or pred.ood_score > 2.0),
+            "ood": bool(pred.novelty["unseen_context"] or pred.ood_score > self.ood_threshold),
             "unseen_agents": list(pred.novelty["unseen_agents"]),
             "unseen_context": bool(pred.novelty["unseen_context"]),
             "calibrated": self.calibrator is not None,
@@ -1111,6 +1127,12 @@ class PerturbDeltaModel(nn.Module):
             "seed": int(seed),
         }
         return out
+
+    @property
+    def ood_threshold(self) -> float:
+        """OOD flag threshold: the 95th percentile of the training groups' scores (at least 2)."""
+        seen = [v for v in self.seen_ood_scores if np.isfinite(v)]
+        return max(2.0, float(np.quantile(seen, 0.95))) if seen else 2.0
 
     # ------------------------------------------------------------------ calibration helpers
     def calibrated_sigma(self, sigma: np.ndarray) -> np.ndarray:
@@ -1167,7 +1189,8 @@ class PerturbDeltaModel(nn.Module):
             d / "calibration.json",
             {
                 "calibrator": self.calibrator.to_dict() if self.calibrator is not None else None,
-                "seen_groups": [[c, list(x)] for c, x in self.seen_groups],
+                "ood_reference": self.ood_reference,
+                "seen_ood_scores": self.seen_ood_scores,
                 "val_conditions": self.val_conditions,
             },
         )
@@ -1229,8 +1252,8 @@ class PerturbDeltaModel(nn.Module):
                 load_state_dict_strict(d, dec.decoder, name=f"decoder_{k}.safetensors")
                 model.decoders[k] = dec.requires_grad_(False)
         model.calibrator = ConformalCalibrator.from_dict(calib["calibrator"]) if calib.get("calibrator") else None
-        model.seen_groups = [(str(c), [float(v) for v in x]) for c, x in calib.get("seen_groups", [])]
-        model._fit_ood()
+        model.ood_reference = float(calib.get("ood_reference", 1.0))
+        model.seen_ood_scores = [float(v) for v in calib.get("seen_ood_scores", [])]
         model.val_conditions = [list(p) for p in calib.get("val_conditions", [])]
         model.vae_source = source
         model.eval()

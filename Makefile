@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_vae_vs_scvi.py
 	$(BIN)/python benchmarks/bench_vae_norman.py
 	$(BIN)/python benchmarks/bench_synthesis_kang.py
+	$(BIN)/python benchmarks/bench_perturb_norman.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

@@ -20,6 +20,7 @@ from genailab.data.counts import (
     validate_counts,
 )
 from genailab.data.datasets import load_shared, pbmc68k_reduced, shared_data_dir
+from genailab.data.gene_sets import EdgeList, read_edges, read_gmt
 from genailab.data.genes import (
     GeneAlignment,
     GeneAlignmentReport,
@@ -41,6 +42,9 @@ from genailab.data.splits import (
 )
 
 __all__ = [
+    "EdgeList",
+    "read_edges",
+    "read_gmt",
     "SPLITTERS",
     "BatchSampler",
     "CountsDataset",

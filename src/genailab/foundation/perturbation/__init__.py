@@ -2,8 +2,35 @@
 
 - :mod:`genailab.foundation.perturbation.priors`: prior feature vectors of perturbed genes from gene sets and
   regulatory networks, so that genes never perturbed in training still get meaningful embeddings.
+- :mod:`genailab.foundation.perturbation.encoders`: agent encoders (``gene``, ``compound`` with dose
+  response) and composers (``additive``, ``attention``, ``sum``), registered by name.
+- :mod:`genailab.foundation.perturbation.vocab`: condition labels -> padded agent ids and doses.
 """
 
+from genailab.foundation.perturbation.encoders import (
+    COMPOSERS,
+    PERTURBATION_ENCODERS,
+    AdditiveComposer,
+    AttentionComposer,
+    CompoundEncoder,
+    GeneEncoder,
+    PerturbationEncoderConfig,
+    SumComposer,
+)
 from genailab.foundation.perturbation.priors import PRIOR_SOURCES, GenePriors, build_gene_priors
+from genailab.foundation.perturbation.vocab import PerturbationVocab
 
-__all__ = ["PRIOR_SOURCES", "GenePriors", "build_gene_priors"]
+__all__ = [
+    "COMPOSERS",
+    "PERTURBATION_ENCODERS",
+    "PRIOR_SOURCES",
+    "AdditiveComposer",
+    "AttentionComposer",
+    "CompoundEncoder",
+    "GeneEncoder",
+    "GenePriors",
+    "PerturbationEncoderConfig",
+    "PerturbationVocab",
+    "SumComposer",
+    "build_gene_priors",
+]

@@ -516,6 +516,9 @@ class ResponsePrediction:
         context with the null token).
     disagreement
         The raw disagreement (variance across members, averaged over latent coordinates).
+    control_rows
+        Rows of the controls AnnData behind ``counts`` and ``expected`` (row ``i`` is the prediction
+        for control cell ``control_rows[i]``).
     novelty
         What is new about the query: unseen agents and whether the context is unseen.
     """
@@ -529,6 +532,7 @@ class ResponsePrediction:
     ood_score: float
     novelty: dict[str, Any]
     disagreement: float = 0.0
+    control_rows: np.ndarray | None = None
 
 
 def _log_normalize(x: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
@@ -758,8 +762,11 @@ class PerturbDeltaModel(nn.Module):
 
     def _cells(self, adata: AnnData, rows: np.ndarray) -> _Cells:
         """Latents and encodings of ``adata``'s cells (latents computed for ``rows`` only)."""
-        labels = _obs_strings(adata, self.perturbation_key, "perturbation_key")
-        doses = _obs_strings(adata, self.dose_key, "dose_key") if self.dose_key else None
+        if self.perturbation_key in adata.obs.columns:
+            labels = _obs_strings(adata, self.perturbation_key, "perturbation_key")
+        else:  # a file of control cells only
+            labels = np.full(adata.n_obs, self.vocab.control, dtype=object)
+        doses = _obs_strings(adata, self.dose_key, "dose_key") if self.dose_key in adata.obs.columns else None
         z = torch.zeros(adata.n_obs, *self.vae.config.latent_shape)
         if len(rows):
             sub = adata[np.sort(rows)]
@@ -771,11 +778,15 @@ class PerturbDeltaModel(nn.Module):
             ids = np.full((adata.n_obs, r_ids.shape[1]), -1, dtype=np.int64)
             dose = np.zeros((adata.n_obs, r_ids.shape[1]), dtype=np.float32)
             ids[rows], dose[rows] = r_ids, r_dose
+        # controls given without context columns get the context from the caller (codes passed to _query)
+        known = all(k in adata.obs.columns for k in self.config.context_keys)
+        contexts = self.context_labels(adata) if known else np.full(adata.n_obs, "?", dtype=object)
+        codes = self.context_codes(adata) if known else np.full((adata.n_obs, len(self.config.context_keys)), -1.0)
         return _Cells(
             z=z,
             labels=labels,
-            contexts=self.context_labels(adata),
-            context_codes=torch.as_tensor(self.context_codes(adata)),
+            contexts=contexts,
+            context_codes=torch.as_tensor(codes, dtype=torch.float32),
             ids=torch.as_tensor(ids),
             dose=torch.as_tensor(dose),
             counts_ds=self.vae._dataset(adata),
@@ -924,7 +935,7 @@ class PerturbDeltaModel(nn.Module):
         cells: _Cells | None = None,
         context_codes: np.ndarray | None = None,
         seed: int = 0,
-        max_controls: int = 1000,
+        max_controls: int | None = 1000,
     ) -> tuple[ResponsePrediction, float]:
         """Predict ``condition`` from ``adata``'s control cells ``control_rows``; returns (prediction, disagreement)."""
         from genailab.constants import BATCH_KEYS
@@ -932,7 +943,7 @@ class PerturbDeltaModel(nn.Module):
         self.eval()
         rng = np.random.default_rng(seed)
         rows = np.asarray(control_rows, dtype=np.int64)
-        if len(rows) > max_controls:
+        if max_controls is not None and len(rows) > max_controls:
             rows = np.sort(rng.choice(rows, max_controls, replace=False))
         if cells is None:
             cells = self._cells(adata, rows)
@@ -982,6 +993,7 @@ class PerturbDeltaModel(nn.Module):
             expected=torch.stack(expected).mean(0).numpy(),
             ood_score=ood,
             disagreement=disagreement,
+            control_rows=rows,
             novelty=novelty,
         )
         return pred, disagreement
@@ -994,6 +1006,7 @@ class PerturbDeltaModel(nn.Module):
         context: Mapping[str, str] | None = None,
         allow_ood: bool = False,
         seed: int = 0,
+        max_controls: int | None = 1000,
     ) -> ResponsePrediction:
         """Predict the response to ``perturbation`` of the control cells in ``controls``.
 
@@ -1011,7 +1024,9 @@ class PerturbDeltaModel(nn.Module):
             Allow a context never seen in training (its token is the learned null token); the OOD
             score says how far the query is from the training data.
         seed
-            Seeds the count sampling.
+            Seeds the count sampling (and the draw of ``max_controls`` controls).
+        max_controls
+            Use at most this many control cells (``None`` = all; memory grows with cells x genes x members).
         """
         self.vocab.parts(perturbation)
         self.vocab.encode([perturbation])  # unknown agents -> clear error before any work
@@ -1022,7 +1037,7 @@ class PerturbDeltaModel(nn.Module):
                 f"{ {k: list(v) for k, v in self.context_categories.items()} }); pass allow_ood=True "
                 "(--allow-ood) to predict with the learned null context and read the OOD score."
             )
-        pred, _ = self._query(controls, rows, perturbation, context_codes=codes, seed=seed)
+        pred, _ = self._query(controls, rows, perturbation, context_codes=codes, seed=seed, max_controls=max_controls)
         return pred
 
     def _select_controls(
@@ -1084,9 +1099,11 @@ class PerturbDeltaModel(nn.Module):
         import pandas as pd
         from scipy import sparse
 
-        pred = self.predict_response(controls, perturbation, context=context, allow_ood=allow_ood, seed=seed)
-        rows, _, label = self._select_controls(controls, context)
-        rows = rows[: pred.counts.shape[0]] if len(rows) > pred.counts.shape[0] else rows
+        pred = self.predict_response(
+            controls, perturbation, context=context, allow_ood=allow_ood, seed=seed, max_controls=None
+        )
+        _, _, label = self._select_controls(controls, context)
+        rows = pred.control_rows
         tag = f"{int(round(level * 100))}"
         sigma = self.calibrated_sigma(pred.sigma)
         lo, hi = self.interval(pred.mean, pred.sigma, level)
@@ -1102,11 +1119,7 @@ class PerturbDeltaModel(nn.Module):
             },
             index=pd.Index(list(self.vae.genes), name="gene"),
         )
-        obs = (
-            controls.obs.iloc[rows].copy()
-            if len(rows) == pred.counts.shape[0]
-            else pd.DataFrame(index=[f"pred_{i}" for i in range(pred.counts.shape[0])])
-        )
+        obs = controls.obs.iloc[rows].copy()
         obs[self.perturbation_key] = perturbation
         obs["control_cell"] = obs.index.astype(str)
         obs["ood_score"] = pred.ood_score

@@ -177,3 +177,26 @@ def test_norman_combination_split_end_to_end(shared_data, tmp_path):
     assert rows["additive"]["n_queries"] == 5
     assert rows["genailab"]["n_queries"] == 5
     assert np.isfinite(rows["genailab"]["pearson_delta_de20_mean"])
+
+
+def test_chemical_screen_with_smiles_and_doses(tmp_path):
+    pytest.importorskip("rdkit", reason="RDKit (the [chem] extra) is not installed")
+    from .foundation.test_compounds import SMILES, _chemical_screen
+
+    adata = _chemical_screen()
+    adata.write_h5ad(tmp_path / "chem.h5ad")
+    smiles = tmp_path / "smiles.tsv"
+    smiles.write_text("name\tsmiles\n" + "".join(f"{k}\t{v}\n" for k, v in SMILES.items()))
+    run = tmp_path / "run"
+    argv = ["perturb", "train", str(tmp_path / "chem.h5ad"), "--holdout", "caffeine", "--smiles", str(smiles),
+            "--dose-key", "dose", "--set", "model.encoder=compound", "--out", str(run), *FAST]  # fmt: skip
+    assert main(argv) == 0
+    ctrl = adata[adata.obs["condition"] == "control"].copy()
+    ctrl.write_h5ad(tmp_path / "ctrl.h5ad")
+    out = tmp_path / "p.h5ad"
+    argv = ["perturb", "predict", str(run), "--controls", str(tmp_path / "ctrl.h5ad"), "--perturbation", "caffeine",
+            "--dose", "10", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    info = ad.read_h5ad(out).uns["genailab_perturb"]
+    assert info["dose"] == "10"
+    assert info["unseen_agents"] == ["caffeine"]

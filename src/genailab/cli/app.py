@@ -258,6 +258,10 @@ def perturb_train(
     grn: Annotated[
         list[Path] | None, typer.Option("--grn", help="TF->target edge list(s) for GRN priors (repeatable).")
     ] = None,
+    smiles: Annotated[
+        Path | None, typer.Option("--smiles", help="TSV/CSV of compound name + SMILES (chemical screens, RDKit).")
+    ] = None,
+    dose_key: Annotated[str | None, typer.Option("--dose-key", help="obs column of doses (e.g. 0.1, '1+1').")] = None,
     vae: Annotated[Path | None, typer.Option("--vae", help="Reuse a trained VAE directory (frozen).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML config (see README).")] = None,
     set_: Annotated[
@@ -278,6 +282,8 @@ def perturb_train(
         split=split,
         gene_sets=[str(p) for p in gene_sets or []],
         grn=[str(p) for p in grn or []],
+        smiles=smiles,
+        dose_key=dose_key,
         config_path=config,
         sets=set_ or [],
         seed=seed,
@@ -301,12 +307,15 @@ def perturb_predict(
     allow_ood: Annotated[
         bool, typer.Option("--allow-ood", help="Allow a context never seen in training; read the OOD score.")
     ] = False,
+    dose: Annotated[str | None, typer.Option("--dose", help="Dose (e.g. 0.5, or '1+0.5' for a combination).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Predict perturbed cells: sampled counts in X, mean and 90% interval layers, OOD score in obs/uns."""
     from genailab.perturbation.workflows import predict_perturb
 
-    info = predict_perturb(model_dir, controls, perturbation, out, context=context, allow_ood=allow_ood, seed=seed)
+    info = predict_perturb(
+        model_dir, controls, perturbation, out, context=context, allow_ood=allow_ood, seed=seed, dose=dose
+    )
     _console().print(
         f"[green]wrote[/green] {info['out']}: {info['n_cells']} cells, OOD score {info['ood_score']:.2f}"
         + (" [yellow](out of distribution)[/yellow]" if info["ood"] else "")

@@ -177,7 +177,8 @@ class PerturbRunConfig(Config):
     ``split`` picks the held-out set: ``none`` (only ``holdouts``), ``unseen_single`` (a fraction
     ``split_fraction`` of the single agents that have prior features), ``combo`` (combinations with
     ``split_seen`` of 2 singles seen) or ``context`` (``split_n_pairs`` perturbations each held out in
-    one context).
+    one context). ``gene_sets`` / ``grn`` give gene priors; ``smiles`` (a TSV/CSV of compound name and
+    SMILES) gives compound fingerprints for ``model.encoder=compound`` (needs RDKit).
     """
 
     seed: int = 0
@@ -194,6 +195,7 @@ class PerturbRunConfig(Config):
     holdouts: tuple[str, ...] = ()
     gene_sets: tuple[str, ...] = ()
     grn: tuple[str, ...] = ()
+    smiles: str | None = None
     prior_components: int = 32
     vae_preset: str = "small"
     # A light KL keeps the posterior sharp enough for gene-level responses (measured on Norman: the

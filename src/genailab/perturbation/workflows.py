@@ -34,6 +34,12 @@ def _context_labels(adata: Any, key: str | None) -> np.ndarray:
 
 
 def _load_priors(config: Any, readout: Sequence[str]) -> Any:
+    if config.smiles is not None:
+        if config.gene_sets or config.grn:
+            raise InvalidInputError("give either --smiles (compounds) or --gene-sets/--grn (genes), not both.")
+        from genailab.foundation.perturbation.compounds import compound_priors, read_smiles
+
+        return compound_priors(read_smiles(config.smiles))
     if not config.gene_sets and not config.grn:
         return None
     from genailab.foundation.perturbation.priors import build_gene_priors
@@ -169,6 +175,8 @@ def train_perturb(
     split: str | None = None,
     gene_sets: Sequence[str] = (),
     grn: Sequence[str] = (),
+    smiles: str | Path | None = None,
+    dose_key: str | None = None,
     config_path: str | Path | None = None,
     sets: list[str] | None = None,
     seed: int | None = None,
@@ -187,10 +195,12 @@ def train_perturb(
         "split": split,
         "gene_sets": [str(Path(p).resolve()) for p in gene_sets] if gene_sets else None,
         "grn": [str(Path(p).resolve()) for p in grn] if grn else None,
+        "smiles": str(Path(smiles).resolve()) if smiles else None,
+        "dose_key": dose_key,
         "seed": seed,
     }
     config = resolve_run_config(config_path, list(sets or []), cli=cli, cls=PerturbRunConfig)
-    for path in (*config.gene_sets, *config.grn):
+    for path in (*config.gene_sets, *config.grn, *([config.smiles] if config.smiles else [])):
         if not Path(path).is_file():
             raise InvalidInputError(f"prior file {path!r} does not exist.")
     adata = read_h5ad(data)
@@ -306,6 +316,7 @@ def predict_perturb(
     context: str | None = None,
     allow_ood: bool = False,
     seed: int = 0,
+    dose: str | None = None,
 ) -> dict[str, Any]:
     """``genailab perturb predict``: one predicted perturbed cell per control cell, written to ``out``."""
     from genailab.data import read_h5ad
@@ -324,7 +335,7 @@ def predict_perturb(
         if len(values) != len(keys):
             raise InvalidInputError(f"--context {context!r} must give {len(keys)} value(s) joined by '|' for {keys}.")
         ctx = dict(zip(keys, values, strict=True))
-    pred = model.predict(adata, perturbation, context=ctx, allow_ood=allow_ood, seed=seed)
+    pred = model.predict(adata, perturbation, context=ctx, allow_ood=allow_ood, seed=seed, dose=dose)
     write_h5ad(pred, out)
     info = dict(pred.uns["genailab_perturb"])
     atomic_write_json(

@@ -4,9 +4,12 @@
   regulatory networks, so that genes never perturbed in training still get meaningful embeddings.
 - :mod:`genailab.foundation.perturbation.encoders`: agent encoders (``gene``, ``compound`` with dose
   response) and composers (``additive``, ``attention``, ``sum``), registered by name.
+- :mod:`genailab.foundation.perturbation.compounds`: Morgan-fingerprint priors of compounds from SMILES
+  (optional RDKit).
 - :mod:`genailab.foundation.perturbation.vocab`: condition labels -> padded agent ids and doses.
 """
 
+from genailab.foundation.perturbation.compounds import compound_priors, read_smiles
 from genailab.foundation.perturbation.encoders import (
     COMPOSERS,
     PERTURBATION_ENCODERS,
@@ -33,4 +36,6 @@ __all__ = [
     "PerturbationVocab",
     "SumComposer",
     "build_gene_priors",
+    "compound_priors",
+    "read_smiles",
 ]

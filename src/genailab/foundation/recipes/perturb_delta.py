@@ -936,6 +936,7 @@ class PerturbDeltaModel(nn.Module):
         context_codes: np.ndarray | None = None,
         seed: int = 0,
         max_controls: int | None = 1000,
+        dose: Any = None,
     ) -> tuple[ResponsePrediction, float]:
         """Predict ``condition`` from ``adata``'s control cells ``control_rows``; returns (prediction, disagreement)."""
         from genailab.constants import BATCH_KEYS
@@ -952,7 +953,7 @@ class PerturbDeltaModel(nn.Module):
         vae_batch = self.vae.batch_index(read)
         z_base = cells.z[torch.as_tensor(rows)]
         n = len(rows)
-        ids, dose = self.vocab.encode([condition] * n, None)
+        ids, dose = self.vocab.encode([condition] * n, None if dose is None else [dose] * n)
         if context_codes is None:
             context_codes = cells.context_codes[x_codes_row if x_codes_row is not None else rows[0]].numpy()
         ctx = torch.as_tensor(np.broadcast_to(context_codes, (n, len(self.config.context_keys))).copy())
@@ -1007,6 +1008,7 @@ class PerturbDeltaModel(nn.Module):
         allow_ood: bool = False,
         seed: int = 0,
         max_controls: int | None = 1000,
+        dose: Any = None,
     ) -> ResponsePrediction:
         """Predict the response to ``perturbation`` of the control cells in ``controls``.
 
@@ -1027,9 +1029,13 @@ class PerturbDeltaModel(nn.Module):
             Seeds the count sampling (and the draw of ``max_controls`` controls).
         max_controls
             Use at most this many control cells (``None`` = all; memory grows with cells x genes x members).
+        dose
+            Dose of the perturbation (a number, or ``'1+0.5'`` per agent of a combination; default 1).
         """
         self.vocab.parts(perturbation)
-        self.vocab.encode([perturbation])  # unknown agents -> clear error before any work
+        self.vocab.encode(
+            [perturbation], None if dose is None else [dose]
+        )  # unknown agents -> clear error before any work
         rows, codes, label = self._select_controls(controls, context)
         if bool((codes < 0).any()) and not allow_ood:
             raise InvalidInputError(
@@ -1037,7 +1043,9 @@ class PerturbDeltaModel(nn.Module):
                 f"{ {k: list(v) for k, v in self.context_categories.items()} }); pass allow_ood=True "
                 "(--allow-ood) to predict with the learned null context and read the OOD score."
             )
-        pred, _ = self._query(controls, rows, perturbation, context_codes=codes, seed=seed, max_controls=max_controls)
+        pred, _ = self._query(
+            controls, rows, perturbation, context_codes=codes, seed=seed, max_controls=max_controls, dose=dose
+        )
         return pred
 
     def _select_controls(
@@ -1084,6 +1092,7 @@ class PerturbDeltaModel(nn.Module):
         allow_ood: bool = False,
         seed: int = 0,
         level: float = 0.9,
+        dose: Any = None,
     ) -> AnnData:
         """Cell-level counterfactuals: one predicted perturbed cell per control cell.
 
@@ -1093,14 +1102,15 @@ class PerturbDeltaModel(nn.Module):
         and ``layers['upper_90']`` (the calibrated interval of the mean response applied to each cell's
         expected counts as a fold change); per gene in ``var``: ``mean_response``, ``delta``,
         ``sigma``, ``lower_90``, ``upper_90`` (log1p counts per 10k); ``obs['ood_score']`` and
-        ``uns['genailab_perturb']`` (query, OOD score, novelty, calibration, seed).
+        ``uns['genailab_perturb']`` (query, dose, OOD score, novelty, calibration, seed). ``dose`` is
+        the perturbation's dose (default 1), as in :meth:`predict_response`.
         """
         import anndata as ad
         import pandas as pd
         from scipy import sparse
 
         pred = self.predict_response(
-            controls, perturbation, context=context, allow_ood=allow_ood, seed=seed, max_controls=None
+            controls, perturbation, context=context, allow_ood=allow_ood, seed=seed, max_controls=None, dose=dose
         )
         _, _, label = self._select_controls(controls, context)
         rows = pred.control_rows
@@ -1137,6 +1147,7 @@ class PerturbDeltaModel(nn.Module):
             "unseen_context": bool(pred.novelty["unseen_context"]),
             "calibrated": self.calibrator is not None,
             "level": float(level),
+            "dose": "" if dose is None else str(dose),
             "seed": int(seed),
         }
         return out

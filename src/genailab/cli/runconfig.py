@@ -98,6 +98,23 @@ def _check_passthrough(section: str, items: tuple[tuple[str, str], ...], probe: 
     apply_overrides(probe, dict(items))  # type-check the values early
 
 
+def _check_stack(config: Any) -> None:
+    """Validate the VAE preset and overrides and the backbone, preset and overrides of a run config."""
+    from genailab.foundation.backbones import BACKBONES
+
+    if config.vae_preset not in PRESETS:
+        raise InvalidInputError(
+            f"vae_preset={config.vae_preset!r} is not allowed; expected one of {', '.join(PRESETS)}."
+        )
+    _check_passthrough("vae", config.vae, LatentTokenVAEConfig.tiny(1, n_batches=1), {"n_genes", "n_batches"})
+    backbone_cls = BACKBONES.get(config.backbone)
+    preset = getattr(backbone_cls.config_class, config.backbone_preset, None)
+    if preset is None:
+        raise InvalidInputError(f"backbone {config.backbone!r} has no preset {config.backbone_preset!r}.")
+    fixed = {"n_tokens", "token_dim", "n_cond_tokens", "cond_dim", "out_dim"}
+    _check_passthrough("backbone_config", config.backbone_config, preset(4, 8), fixed)
+
+
 def versions() -> dict[str, str]:
     """Versions of Python, genailab and the main dependencies (saved beside every output)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -143,20 +160,9 @@ class SynthRunConfig(Config):
     PASSTHROUGH: ClassVar[dict[str, type]] = {"vae": LatentTokenVAEConfig, "backbone_config": Config}
 
     def __post_init__(self) -> None:
-        from genailab.foundation.backbones import BACKBONES
 
         check_positive("seed", self.seed, strict=False, integer=True)
-        if self.vae_preset not in PRESETS:
-            raise InvalidInputError(
-                f"vae_preset={self.vae_preset!r} is not allowed; expected one of {', '.join(PRESETS)}."
-            )
-        _check_passthrough("vae", self.vae, LatentTokenVAEConfig.tiny(1, n_batches=1), {"n_genes", "n_batches"})
-        backbone_cls = BACKBONES.get(self.backbone)
-        preset = getattr(backbone_cls.config_class, self.backbone_preset, None)
-        if preset is None:
-            raise InvalidInputError(f"backbone {self.backbone!r} has no preset {self.backbone_preset!r}.")
-        fixed = {"n_tokens", "token_dim", "n_cond_tokens", "cond_dim", "out_dim"}
-        _check_passthrough("backbone_config", self.backbone_config, preset(4, 8), fixed)
+        _check_stack(self)
 
 
 SPLIT_KINDS = ("none", "unseen_single", "combo", "context")
@@ -211,7 +217,6 @@ class PerturbRunConfig(Config):
     PASSTHROUGH: ClassVar[dict[str, type]] = {"vae": LatentTokenVAEConfig, "backbone_config": Config}
 
     def __post_init__(self) -> None:
-        from genailab.foundation.backbones import BACKBONES
 
         check_positive("seed", self.seed, strict=False, integer=True)
         if self.split not in SPLIT_KINDS:
@@ -222,14 +227,4 @@ class PerturbRunConfig(Config):
         check_positive("prior_components", self.prior_components, integer=True)
         if not 0 < self.split_fraction < 1:
             raise InvalidInputError(f"split_fraction={self.split_fraction!r} must be in (0, 1).")
-        if self.vae_preset not in PRESETS:
-            raise InvalidInputError(
-                f"vae_preset={self.vae_preset!r} is not allowed; expected one of {', '.join(PRESETS)}."
-            )
-        _check_passthrough("vae", self.vae, LatentTokenVAEConfig.tiny(1, n_batches=1), {"n_genes", "n_batches"})
-        backbone_cls = BACKBONES.get(self.backbone)
-        preset = getattr(backbone_cls.config_class, self.backbone_preset, None)
-        if preset is None:
-            raise InvalidInputError(f"backbone {self.backbone!r} has no preset {self.backbone_preset!r}.")
-        fixed = {"n_tokens", "token_dim", "n_cond_tokens", "cond_dim", "out_dim"}
-        _check_passthrough("backbone_config", self.backbone_config, preset(4, 8), fixed)
+        _check_stack(self)

@@ -359,6 +359,7 @@ def evaluate_perturb(
     seed: int = 0,
 ) -> dict[str, Any]:
     """``genailab perturb evaluate``: the model and every baseline on the test split saved in ``model_dir``."""
+    from genailab.constants import BATCH_KEYS
     from genailab.data import read_h5ad
     from genailab.data.gene_sets import read_gmt
     from genailab.data.splits import Split
@@ -407,8 +408,8 @@ def evaluate_perturb(
         ctrl_rows = np.flatnonzero((labels == control) & (contexts == ctx))
         if len(ctrl_rows) == 0:
             raise InvalidInputError(f"no control cells in context {ctx!r} to predict {condition!r} from.")
-        pert_x = log_normalize(counts_ds[rows.tolist()]["counts"].numpy())
-        ctrl_x = log_normalize(counts_ds[ctrl_rows.tolist()]["counts"].numpy())
+        pert_x = log_normalize(counts_ds[rows.tolist()][BATCH_KEYS.COUNTS].numpy())
+        ctrl_x = log_normalize(counts_ds[ctrl_rows.tolist()][BATCH_KEYS.COUNTS].numpy())
         truths.append(QueryTruth(condition=condition, context=ctx, perturbed=pert_x, control=ctrl_x))
         codes = model.context_codes(adata[ctrl_rows[:1]])[0]
         pred, _ = model._query(adata, ctrl_rows, condition, context_codes=codes, seed=seed)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from genailab.config import Config, apply_overrides, check_fraction, check_positive
+from genailab.constants import BATCH_KEYS
 from genailab.errors import CheckpointError, InvalidInputError, MissingKeyError
 from genailab.foundation.backbones import BACKBONES
 from genailab.foundation.conditioning import ConditionEncoder, ConditionEncoderConfig
@@ -451,8 +452,6 @@ class _GroupBatches(torch.utils.data.Dataset):
             group.append(np.full(n, j))
         pert_rows, ctrl_rows = np.concatenate(pert), np.concatenate(ctrl)
         read = cells.counts_ds[pert_rows.tolist()]
-        from genailab.constants import BATCH_KEYS
-
         batch = {
             _K["z_control"]: cells.z[ctrl_rows],
             _K["z_target"]: cells.z[pert_rows],
@@ -860,11 +859,11 @@ class PerturbDeltaModel(nn.Module):
             if self.decoders[k] is not None:
                 self.decoders[k].eval().requires_grad_(False)
         self.eval()
-        self.calibrate(adata, cells, train_rows, val_rows, seed=seed)
+        self._calibrate(adata, cells, train_rows, val_rows, seed=seed)
         return results
 
     @torch.no_grad()
-    def calibrate(
+    def _calibrate(
         self, adata: AnnData, cells: _Cells, train_rows: np.ndarray, val_rows: np.ndarray, *, seed: int = 0
     ) -> None:
         """Fit the conformal calibrator on validation conditions and the OOD reference on training groups."""
@@ -898,7 +897,7 @@ class PerturbDeltaModel(nn.Module):
         y, mu, sd = [], [], []
         for c, x, rows in val:
             pred, _ = self._query(adata, controls[x], c, x_codes_row=int(rows[0]), cells=cells, seed=seed)
-            obs = log_normalize(cells.counts_ds[rows.tolist()]["counts"].numpy()).mean(0)
+            obs = log_normalize(cells.counts_ds[rows.tolist()][BATCH_KEYS.COUNTS].numpy()).mean(0)
             y.append(obs)
             mu.append(pred.mean)
             sd.append(pred.sigma)
@@ -939,8 +938,6 @@ class PerturbDeltaModel(nn.Module):
         dose: Any = None,
     ) -> tuple[ResponsePrediction, float]:
         """Predict ``condition`` from ``adata``'s control cells ``control_rows``; returns (prediction, disagreement)."""
-        from genailab.constants import BATCH_KEYS
-
         self.eval()
         rng = np.random.default_rng(seed)
         rows = np.asarray(control_rows, dtype=np.int64)

@@ -111,7 +111,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--formulation", default="shift", help="Formulation of the main runs (default: the library's).")
     ap.add_argument("--direct", action="store_true", help="Also run the 'direct' formulation on every (task, seed).")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="Where to write the results JSON.")
     ap.add_argument("--worker", nargs=3, metavar=("TASK", "SEED", "FORMULATION"))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -122,11 +124,11 @@ def main() -> None:
     runs = []
     for task in args.tasks:
         for seed in args.seeds:
-            for form in ("delta", "direct") if args.direct else ("delta",):
+            for form in (args.formulation, "direct") if args.direct else (args.formulation,):
                 r = run_worker(script, ["--worker", task, str(seed), form], args.threads)
                 runs.append(r)
                 print(f"{task} seed {seed} {form}: held out {r['held_out']}, {r['train_wall_s']:.0f} s", flush=True)
-                write_json(RESULTS, {"partial": True, "runs": runs})
+                write_json(args.results, {"partial": True, "runs": runs})
     tables = {}
     for task in args.tasks:
         task_runs = [r for r in runs if r["task"] == task]
@@ -134,7 +136,7 @@ def main() -> None:
         rows, table = [], {}
         for form in sorted({r["formulation"] for r in task_runs}):
             for method in methods:
-                if method != "genailab" and form != "delta":
+                if method != "genailab" and form != args.formulation:
                     continue
                 sel = [r for r in task_runs if r["formulation"] == form]
                 label = method if method != "genailab" else f"genailab ({form})"
@@ -146,7 +148,7 @@ def main() -> None:
         print(f"\n{task} (seeds {args.seeds}; mean ± sd over seeds of the per-query mean)")
         print_table(["method", *METRICS], rows)
         target = TASKS[task]["target"]
-        ours = [r for r in task_runs if r["formulation"] == "delta"]
+        ours = [r for r in task_runs if r["formulation"] == args.formulation]
         ratios = {}
         for m in ("pearson_delta", "pearson_delta_de20", "l2_top1000"):
             pairs = [(_metric(r, "genailab", m), _metric(r, target, m)) for r in ours]
@@ -163,7 +165,7 @@ def main() -> None:
         print("calibration: " + ", ".join(f"{k} {fmt([x for x in v if x is not None], 3)}" for k, v in unc.items()))
         tables[task] = {"table": table, "vs_target": {"target": target, **ratios}, "uncertainty": unc}
     write_json(
-        RESULTS,
+        args.results,
         {
             "benchmark": "perturbation response (Norman 2019 / McFaline 2023)",
             "seeds": args.seeds,
@@ -173,7 +175,7 @@ def main() -> None:
             "runs": runs,
         },
     )
-    print(f"\nwrote {RESULTS}")
+    print(f"\nwrote {args.results}")
 
 
 if __name__ == "__main__":

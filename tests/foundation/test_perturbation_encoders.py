@@ -105,7 +105,7 @@ def test_attention_composer_starts_as_sum_and_additive_interaction_starts_at_zer
     add = AdditiveComposer(8)
     assert add.per_agent
     assert torch.allclose(add(tokens, mask), torch.zeros(2, 8), atol=1e-6)
-    assert float(add.gate) == 0.0
+    assert add.gate.item() == 0.0
 
 
 def test_vocab_encode_pads_and_orders_trained_first():

@@ -401,7 +401,9 @@ def evaluate_perturb(
             continue  # e.g. the linear model without gene priors
     test = split.test
     queries = sorted({(labels[r], contexts[r]) for r in test.tolist()})
-    counts_ds = model.vae._dataset(adata)
+    # latents of every control cell, computed once for all queries
+    cells = model._cells(adata, np.flatnonzero(labels == control))
+    counts_ds = cells.counts_ds
     truths, preds = [], {"genailab": [], **{n: [] for n in baselines}}
     for condition, ctx in queries:
         rows = test[(labels[test] == condition) & (contexts[test] == ctx)]
@@ -412,7 +414,7 @@ def evaluate_perturb(
         ctrl_x = log_normalize(counts_ds[ctrl_rows.tolist()][BATCH_KEYS.COUNTS].numpy())
         truths.append(QueryTruth(condition=condition, context=ctx, perturbed=pert_x, control=ctrl_x))
         codes = model.context_codes(adata[ctrl_rows[:1]])[0]
-        pred, _ = model._query(adata, ctrl_rows, condition, context_codes=codes, seed=seed)
+        pred, _ = model._query(adata, ctrl_rows, condition, cells=cells, context_codes=codes, seed=seed)
         preds["genailab"].append(
             QueryPrediction(
                 mean=pred.mean, sigma=pred.sigma, cells=log_normalize(pred.counts), ood_score=pred.ood_score

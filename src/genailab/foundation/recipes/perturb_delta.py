@@ -518,6 +518,8 @@ class ResponsePrediction:
     control_rows
         Rows of the controls AnnData behind ``counts`` and ``expected`` (row ``i`` is the prediction
         for control cell ``control_rows[i]``).
+    context
+        The query's context label (context values joined by ``|``; empty without context keys).
     novelty
         What is new about the query: unseen agents and whether the context is unseen.
     """
@@ -532,6 +534,7 @@ class ResponsePrediction:
     novelty: dict[str, Any]
     disagreement: float = 0.0
     control_rows: np.ndarray | None = None
+    context: str = ""
 
 
 def _log_normalize(x: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
@@ -1043,6 +1046,7 @@ class PerturbDeltaModel(nn.Module):
         pred, _ = self._query(
             controls, rows, perturbation, context_codes=codes, seed=seed, max_controls=max_controls, dose=dose
         )
+        pred.context = label
         return pred
 
     def _select_controls(
@@ -1109,8 +1113,7 @@ class PerturbDeltaModel(nn.Module):
         pred = self.predict_response(
             controls, perturbation, context=context, allow_ood=allow_ood, seed=seed, max_controls=None, dose=dose
         )
-        _, _, label = self._select_controls(controls, context)
-        rows = pred.control_rows
+        rows, label = pred.control_rows, pred.context
         tag = f"{int(round(level * 100))}"
         sigma = self.calibrated_sigma(pred.sigma)
         lo, hi = self.interval(pred.mean, pred.sigma, level)
@@ -1282,10 +1285,10 @@ class PerturbDeltaModel(nn.Module):
 
 
 def _obs_strings(adata: AnnData, key: str, argument: str) -> np.ndarray:
-    if key not in adata.obs.columns:
-        shown = ", ".join(repr(c) for c in list(adata.obs.columns)[:30])
-        raise MissingKeyError(f"{argument}={key!r} is not an obs column; available: {shown}.")
-    col = adata.obs[key]
-    if col.isna().any():
-        raise InvalidInputError(f"obs[{key!r}] has {int(col.isna().sum())} missing values; fill or drop them.")
-    return col.astype(str).to_numpy(dtype=object)
+    """``obs[key]`` as strings; a missing column or missing values are refused (the data layer's checks)."""
+    from genailab.data.spec import _column, _label_strings
+
+    labels, isna = _label_strings(_column(adata, key, argument))
+    if isna.any():
+        raise InvalidInputError(f"obs[{key!r}] has {int(isna.sum())} missing values; fill or drop them.")
+    return labels

@@ -288,3 +288,13 @@ def test_masked_nll_rejects_bad_inputs():
         masked_nll(dist, torch.zeros(G))
     with pytest.raises(InvalidInputError, match="gene_mask"):
         masked_nll(dist, torch.zeros(B, G), gene_mask=torch.ones(G))
+
+
+def test_given_logits_replace_the_linear_map_and_are_shape_checked():
+    head = make_count_head("nb", n_hidden=3, n_genes=5)
+    h, lib = torch.randn(2, 3), torch.full((2, 1), 100.0)
+    logits = torch.log(torch.tensor([[1.0, 1.0, 2.0, 4.0, 2.0]] * 2))
+    dist = head(h, lib, logits=logits)
+    assert torch.allclose(dist.mean, lib * torch.softmax(logits, -1))
+    with pytest.raises(InvalidInputError, match="logits has shape"):
+        head(h, lib, logits=torch.zeros(2, 4))

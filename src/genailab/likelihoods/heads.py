@@ -263,6 +263,7 @@ class CountHead(nn.Module, abc.ABC):
         library: Tensor,
         condition: Tensor | None = None,
         gene_mask: Tensor | None = None,
+        logits: Tensor | None = None,
     ) -> Distribution:
         """Return the count distribution for each cell.
 
@@ -277,6 +278,10 @@ class CountHead(nn.Module, abc.ABC):
         gene_mask
             Bool ``(G,)`` or ``(B, G)``; False marks genes not measured in this data. Their logits are
             set to ``-inf``, so the softmax renormalises over measured genes and their mean is 0.
+        logits
+            ``(B, G)`` gene logits computed elsewhere (a structured decoder, e.g. pathway tokens
+            decoding their member genes); replaces ``Linear(h)``. ``h`` still feeds the dispersion and
+            the zero-inflation gate.
 
         Returns
         -------
@@ -289,7 +294,12 @@ class CountHead(nn.Module, abc.ABC):
             For inputs of the wrong shape or dtype, or a cell with every gene masked.
         """
         library = self._check_inputs(h, library, gene_mask)  # (B, 1)
-        logits = self.scale_logits(h)  # (B, G)
+        if logits is None:
+            logits = self.scale_logits(h)  # (B, G)
+        elif logits.shape != (h.shape[0], self.n_genes):
+            raise InvalidInputError(
+                f"logits has shape {tuple(logits.shape)}; expected ({h.shape[0]}, {self.n_genes}), (batch, n_genes)."
+            )
         if gene_mask is not None and not bool(gene_mask.all()):  # skip the (B, G) pass when all are measured
             logits = logits.masked_fill(~gene_mask, float("-inf"))
         scale = torch.softmax(logits, dim=-1)  # (B, G), rows sum to 1 over measured genes

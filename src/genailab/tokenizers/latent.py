@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, Self
+
 import torch
 from torch import nn
 
-from genailab.tokenizers.base import TOKENIZERS, TokenBatch, log_normalize
+from genailab.tokenizers.base import (
+    TOKENIZERS,
+    TokenBatch,
+    TokenizerConfig,
+    TokenizerResources,
+    check_genes,
+    log_normalize,
+)
 
 __all__ = ["LatentTokenEncoder", "mlp"]
 
@@ -60,6 +70,23 @@ class LatentTokenEncoder(nn.Module):
         self.trunk = mlp([n_genes, *hidden_dims], dropout=dropout)
         self.head = nn.Linear(hidden_dims[-1] if hidden_dims else n_genes, 2 * n_tokens * token_dim)
 
+    @classmethod
+    def build(
+        cls,
+        genes: Sequence[str],
+        *,
+        config: TokenizerConfig,
+        n_tokens: int,
+        token_dim: int,
+        hidden_dims: tuple[int, ...],
+        dropout: float,
+        target_sum: float,
+        resources: TokenizerResources,
+    ) -> Self:
+        """Build from the tokenizer contract (``config`` and ``resources`` are not needed here)."""
+        genes = check_genes(genes)
+        return cls(len(genes), n_tokens, token_dim, tuple(hidden_dims), dropout=dropout, target_sum=target_sum)
+
     def forward(self, counts: torch.Tensor, library: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters.
 
@@ -86,3 +113,20 @@ class LatentTokenEncoder(nn.Module):
         ids = torch.arange(self.n_tokens, device=mu.device).expand(b, -1)  # (B, m)
         mask = torch.ones(b, self.n_tokens, dtype=torch.bool, device=mu.device)
         return TokenBatch(ids=ids, values=mu, mask=mask)
+
+    @property
+    def n_genes(self) -> int:
+        """Number of input genes G."""
+        return int(self.trunk[0].in_features if len(self.trunk) else self.head.in_features)
+
+    def token_names(self) -> list[str]:
+        """``["latent_0", ..., "latent_{m-1}"]``."""
+        return [f"latent_{i}" for i in range(self.n_tokens)]
+
+    def report(self) -> dict[str, Any]:
+        """JSON-able summary: every gene feeds every token."""
+        return {"tokenizer": "latent", "n_genes": self.n_genes, "n_tokens": self.n_tokens, "token_dim": self.token_dim}
+
+    def decoder_logits(self) -> nn.Module | None:
+        """``None``: latent tokens use the default MLP decoder."""
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -90,6 +91,51 @@ class ConditionEncoder(nn.Module):
     def keys(self) -> tuple[str, ...]:
         """The condition keys, in token order."""
         return self.config.keys
+
+    def add_categories(self, key: str, n_new: int) -> range:
+        """Extend categorical ``key`` by ``n_new`` categories (a new donor, a new cell line).
+
+        The new embedding rows start at the mean of the existing ones (the population-average condition,
+        like the ``-1`` unknown code of :class:`~genailab.foundation.conditioning.CovariateEmbedding`),
+        and ``config.n_categories`` is updated. The table is a new parameter that keeps the old one's
+        ``requires_grad``, device and dtype: build the optimizer after calling this. Train only the
+        conditioning with ``apply_tuning(model, TuningConfig(method="conditioning"))``.
+
+        Parameters
+        ----------
+        key
+            A categorical condition key.
+        n_new
+            Number of categories to add (>= 1).
+
+        Returns
+        -------
+        The codes of the new categories.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``key`` is unknown or continuous, or ``n_new < 1``.
+        """
+        if key not in self.keys:
+            raise InvalidInputError(f"key={key!r} is not a condition key; this encoder has {list(self.keys)}.")
+        check_positive("n_new", n_new, integer=True)
+        j = self.keys.index(key)
+        n_old = self.config.n_categories[j]
+        if n_old == 0:
+            raise InvalidInputError(f"key={key!r} is continuous; only categorical keys have categories to add.")
+        old = self.embeddings[j]
+        weight = old.weight.detach()  # (n_old, C)
+        rows = weight.mean(dim=0, keepdim=True).expand(n_new, -1)  # (n_new, C)
+        table = nn.Embedding(n_old + n_new, self.config.dim, device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            table.weight.copy_(torch.cat([weight, rows], dim=0))  # (n_old + n_new, C)
+        table.weight.requires_grad_(old.weight.requires_grad)
+        self.embeddings[j] = table
+        counts = list(self.config.n_categories)
+        counts[j] = n_old + n_new
+        self.config = dataclasses.replace(self.config, n_categories=tuple(counts))
+        return range(n_old, n_old + n_new)
 
     def drop_mask(self, batch: int, keys: Sequence[str], device: torch.device | None = None) -> torch.Tensor:
         """``(B, K)`` bool mask that nulls the given ``keys`` for every cell."""

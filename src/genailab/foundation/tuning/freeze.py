@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -25,17 +26,31 @@ class TuningReport:
         Qualified names of the modules the method touched.
     n_trainable, n_total
         Trainable and total parameter counts after the method ran.
+    details
+        Method-specific settings worth saving beside the weights (``adapter_name``, ``rank``, ...).
     """
 
     method: str
     targeted: tuple[str, ...]
     n_trainable: int
     n_total: int
+    details: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def trainable_fraction(self) -> float:
         """``n_trainable / n_total`` (0 for an empty model)."""
         return self.n_trainable / self.n_total if self.n_total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data dict (JSON-serialisable when ``details`` is), with ``trainable_fraction``."""
+        return {
+            "method": self.method,
+            "targeted": list(self.targeted),
+            "n_trainable": self.n_trainable,
+            "n_total": self.n_total,
+            "trainable_fraction": self.trainable_fraction,
+            "details": dict(self.details),
+        }
 
     def __str__(self) -> str:
         return (

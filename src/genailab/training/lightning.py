@@ -220,13 +220,17 @@ def fit_recipe(
         out = check_writable(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         ckpt_dir = out / CHECKPOINT_DIR
+        if val_loader is not None:  # the best epoch by validation loss
+            callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", save_top_k=1))
+        # The latest state, every epoch (and every n steps): what a rerun resumes from. A separate callback,
+        # since Lightning's save_last only writes when the monitored checkpoint improved in the same step.
         callbacks.append(
             ModelCheckpoint(
                 dirpath=ckpt_dir,
-                filename="best",
-                monitor="val/loss" if val_loader is not None else None,
-                save_last=True,
+                filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
+                monitor=None,
                 save_top_k=1,
+                enable_version_counter=False,
                 every_n_train_steps=config.checkpoint_every_n_steps or None,
             )
         )

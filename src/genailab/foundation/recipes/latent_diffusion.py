@@ -167,7 +167,8 @@ class LatentDiffusionModel(nn.Module):
                 f"backbone works on {bc.n_tokens} x {bc.token_dim} tokens -> {bc.output_dim}, but the VAE's latent "
                 f"is {m} x {d}."
             )
-        if (bc.n_cond_tokens, bc.cond_dim) != (conditioning.config.n_keys, conditioning.config.dim):
+        n_keys = conditioning.config.n_keys
+        if (bc.n_cond_tokens, bc.cond_dim) != (n_keys, conditioning.config.dim if n_keys else 0):
             raise InvalidInputError(
                 f"backbone expects {bc.n_cond_tokens} condition tokens of width {bc.cond_dim}, the conditioning "
                 f"makes {conditioning.config.n_keys} of width {conditioning.config.dim}."
@@ -328,6 +329,12 @@ class LatentDiffusionModel(nn.Module):
 
     def _trained_modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({"backbone": self.backbone, "conditioning": self.conditioning})
+
+    def reset_ema(self) -> None:
+        """Restart the EMA from the current weights (after loading, or after a tuning method changed the modules)."""
+        if self.config.ema_decay > 0:
+            self.ema = copy.deepcopy(self._trained_modules()).requires_grad_(False)
+        self.ema_steps.zero_()
 
     def use_ema_weights(self) -> None:
         """Copy the EMA weights into the live modules (done after training, before saving)."""
@@ -694,8 +701,18 @@ class LatentDiffusionModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> LatentDiffusionModel:
-        """Load a model directory (refusing unfinished, corrupt or mismatched ones)."""
+        """Load a model directory (refusing unfinished, corrupt or mismatched ones).
+
+        An adapted directory (``genailab synth adapt``) loads its base and the adapter on top.
+        """
         d = Path(directory)
+        if (d / "adapter.json").is_file():
+            from genailab.foundation.recipes.adapted import load_adapted
+
+            model = load_adapted(d)
+            if not isinstance(model, cls):
+                raise CheckpointError(f"{str(d)!r} holds an adapted {type(model).__name__}, not a {cls.__name__}.")
+            return model
         payload = read_config(d, cls.__name__)
         try:
             config = LatentDiffusionConfig.from_dict(payload["config"])
@@ -716,6 +733,7 @@ class LatentDiffusionModel(nn.Module):
             )
         model = cls(backbone_cls(bconf), ConditionEncoder(cconf), vae, vae, config)
         load_state_dict_strict(d, model._trained_modules())
+        model.reset_ema()  # the EMA restarts from the loaded weights (not the random init it was copied from)
         model.vae_source = source
         model.eval()
         return model

@@ -616,3 +616,8 @@ def worker_main(
         "loadavg_end": os.getloadavg()[0],
     }
     write_json(out, record)
+
+
+def read_json_file(path: Path) -> dict[str, Any]:
+    """A JSON file's content ({} when absent)."""
+    return json.loads(Path(path).read_text()) if Path(path).is_file() else {}

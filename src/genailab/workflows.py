@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +76,24 @@ def train_vae_on(
     atomic_write_json(out / RUN_CONFIG, {**resolved, "versions": versions()})
 
     seed_everything(config.seed)
-    model = LatentTokenVAE.from_anndata(adata, config.data, preset=config.preset, overrides=config.vae_overrides())
     val_fraction = config.train.val_fraction
     split = (
         random_split(adata.n_obs, val_fraction=val_fraction, test_fraction=0.0, seed=config.seed)
         if val_fraction > 0
         else None
+    )
+    from genailab.tokenizers.resources import load_tokenizer_resources
+
+    resources, resources_report = load_tokenizer_resources(
+        adata, config, rows=split.train if split is not None else None, seed=config.seed
+    )
+    model = LatentTokenVAE.from_anndata(
+        adata,
+        config.data,
+        preset=config.preset,
+        overrides=config.vae_overrides(),
+        tokenizer=config.tokenizer,
+        resources=resources,
     )
     if split is not None:
         split.save(out / SPLIT)
@@ -101,6 +114,7 @@ def train_vae_on(
         **resolved,
         "model_dir": str(out),
         "model": model.config.to_dict(),
+        "tokenizer": {"name": model.config.tokenizer.name, **resources_report, **model.encoder.report()},
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "train": result.to_dict(),
         "metrics": metrics,
@@ -412,8 +426,13 @@ def train_synth(
     sets: list[str] | None = None,
     seed: int | None = None,
     vae_dir: str | Path | None = None,
+    tokenizer: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``genailab synth train``: train (or reuse) the VAE, then the conditional diffusion model."""
+    """``genailab synth train``: train (or reuse) the VAE, then the conditional diffusion model.
+
+    ``tokenizer`` holds the CLI's tokenizer options (``tokenizer.name``, ``gene_sets``, ``grn``,
+    ``gene_medians``, ``id_map``, ``symbols_key``); ``None`` values are left to the config.
+    """
     from genailab.cli.runconfig import SynthRunConfig, resolve_run_config
     from genailab.data import read_h5ad
 
@@ -423,6 +442,7 @@ def train_synth(
         "data.batch_key": batch_key,
         "seed": seed,
         "condition_keys": list(condition_keys) if condition_keys is not None else None,
+        **dict(tokenizer or {}),
     }
     config = resolve_run_config(config_path, list(sets or []), cli=cli, cls=SynthRunConfig)
     adata = read_h5ad(data)
@@ -438,7 +458,7 @@ def train_synth_on(
     data_desc: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the synthesis stack on an AnnData (see :func:`train_synth`); returns the run summary."""
-    from genailab.cli.runconfig import VAERunConfig, versions
+    from genailab.cli.runconfig import versions
     from genailab.foundation.recipes import LatentDiffusionModel, LatentTokenVAE
     from genailab.serialization import CONFIG_NAME
     from genailab.training import seed_everything
@@ -465,10 +485,7 @@ def train_synth_on(
     else:
         vae_path = out / "vae"
         if not (vae_path / CONFIG_NAME).is_file():  # not trained yet, or interrupted: (re)train / resume
-            vae_cfg = VAERunConfig(
-                seed=config.seed, preset=config.vae_preset, data=spec, train=config.vae_train, vae=config.vae
-            )
-            vae_summary = train_vae_on(adata, vae_path, vae_cfg, data_desc=data_desc)
+            vae_summary = train_vae_on(adata, vae_path, config.vae_run(spec), data_desc=data_desc)
         vae = LatentTokenVAE.from_pretrained(vae_path)
     t_vae = time.perf_counter() - t0
 

@@ -211,3 +211,16 @@ def test_norman_registry(shared):
     assert "control" not in reg.perturbations
     assert len(reg.perturbations) == 31
     assert reg.parse_dose("1+1") == (1.0, 1.0)
+
+
+def test_with_categories_appends_new_labels_and_keeps_codes(adata):
+    reg = setup_anndata(adata, DataSpec(batch_key="batch"))
+    old = reg.categories["batch"]
+    ext = reg.with_categories("batch", ["donor_new", old[0], "donor_new"])
+    assert ext.categories["batch"] == (*old, "donor_new")  # old codes unchanged, duplicates/known skipped
+    assert reg.categories["batch"] == old  # a copy: the original registry is unchanged
+    assert ext.n_categories("batch") == len(old) + 1
+    with pytest.raises(MissingKeyError, match="not a registered categorical key"):
+        reg.with_categories("nope", ["x"])
+    with pytest.raises(InvalidInputError, match="at least one label"):
+        reg.with_categories("batch", [])

@@ -142,6 +142,23 @@ def synth_train(
         list[str] | None, typer.Option("--set", help="Override a key, e.g. --set train.max_epochs=50.")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option("--tokenizer", help="latent | pathway | grn | rank | latent+pathway | grn+latent."),
+    ] = None,
+    gene_sets: Annotated[
+        str | None, typer.Option("--gene-sets", help="GMT file for pathway tokens, or nmf / nmf:K for data modules.")
+    ] = None,
+    grn: Annotated[str | None, typer.Option("--grn", help="TSV/CSV of regulator->target edges (GRN tokens).")] = None,
+    gene_medians: Annotated[
+        str | None, typer.Option("--gene-medians", help="Geneformer gene-median .pkl (rank tokens).")
+    ] = None,
+    id_map: Annotated[
+        str | None, typer.Option("--id-map", help="TSV with symbol / ensembl_id columns to match gene IDs.")
+    ] = None,
+    symbols_key: Annotated[
+        str | None, typer.Option("--symbols-key", help="var column of gene symbols (when var_names are Ensembl).")
+    ] = None,
 ) -> None:
     """Train the VAE (unless --vae) and the conditional diffusion model; rerunning resumes."""
     from genailab.workflows import train_synth
@@ -156,8 +173,86 @@ def synth_train(
         sets=set_ or [],
         seed=seed,
         vae_dir=vae,
+        tokenizer={
+            "tokenizer.name": tokenizer,
+            "gene_sets": gene_sets,
+            "grn": grn,
+            "gene_medians": gene_medians,
+            "id_map": id_map,
+            "symbols_key": symbols_key,
+        },
     )
     _console().print(f"[green]trained[/green] {summary['model_dir']} in {summary['wall_s']:.0f} s")
+
+
+_TUNING_HELP = "full | linear_probe | adapter | lora | partial | conditioning | distill (options: --set tuning.*)."
+
+
+@synth_app.command("adapt")
+def synth_adapt(
+    base_dir: Annotated[Path, typer.Argument(help="A directory written by 'genailab synth train' (the base).")],
+    data: Annotated[Path, typer.Argument(help="New cells (.h5ad, raw counts); condition values may be new.")],
+    out: Annotated[Path, typer.Option("--out", help="Adapted model directory (adapter weights only, + logs).")],
+    tuning: Annotated[str | None, typer.Option("--tuning", help=_TUNING_HELP)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config (sections tuning, train, ...).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key, e.g. --set tuning.rank=8.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
+) -> None:
+    """Adapt a pretrained synthesis model to new cells (a new donor, disease, cohort) with one tuning method."""
+    from genailab.adaptation import adapt_synth
+
+    summary = adapt_synth(base_dir, data, out, tuning=tuning, config_path=config, sets=set_ or [], seed=seed)
+    _report_adapt(summary)
+
+
+@synth_app.command("distill")
+def synth_distill(
+    model_dir: Annotated[Path, typer.Argument(help="A trained synthesis model directory (the teacher).")],
+    out: Annotated[Path, typer.Option("--out", help="Student model directory.")],
+    student_preset: Annotated[
+        str | None, typer.Option("--student-preset", help="Size preset of the student backbone (default tiny).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Student sampling steps (default 4).")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Cells whose conditions to learn (default: the teacher's data).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config (sections distill, train).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key, e.g. --set distill.n_pairs=8192.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
+) -> None:
+    """Distil a trained model into a small student that samples in a few steps."""
+    from genailab.adaptation import distill_synth
+
+    summary = distill_synth(
+        model_dir,
+        out,
+        data=data,
+        student_preset=student_preset,
+        steps=steps,
+        config_path=config,
+        sets=set_ or [],
+        seed=seed,
+    )
+    _report_adapt(summary)
+
+
+def _report_adapt(summary: dict) -> None:
+    report = summary.get("report")
+    if report:
+        _console().print(
+            f"[green]adapted[/green] {summary['model_dir']} with {report['method']}: "
+            f"{report['n_trainable']:,} of {report['n_total']:,} parameters trained "
+            f"({100 * report['trainable_fraction']:.2f}%) in {summary['wall_s']:.0f} s"
+        )
+    else:
+        d = summary["distill"]
+        _console().print(
+            f"[green]distilled[/green] {summary['model_dir']}: student {d['student']['n_params']:,} vs teacher "
+            f"{d['teacher']['n_params']:,} parameters, {d['student']['steps']} vs {d['teacher']['steps']} steps, "
+            f"in {summary['wall_s']:.0f} s"
+        )
 
 
 @synth_app.command("sample")
@@ -250,7 +345,11 @@ def perturb_train(
         typer.Option("--holdout", help="Hold out P everywhere, or P@C only in context C (repeatable)."),
     ] = None,
     split: Annotated[
-        str | None, typer.Option("--split", help="unseen_single | combo | context (drawn with --seed).")
+        str | None,
+        typer.Option(
+            "--split",
+            help="unseen_single | combo | context (drawn with --seed), or all (no held-out set: a base to adapt).",
+        ),
     ] = None,
     gene_sets: Annotated[
         list[Path] | None, typer.Option("--gene-sets", help="GMT file(s) of gene-set priors (repeatable).")
@@ -293,6 +392,23 @@ def perturb_train(
     _console().print(
         f"[green]trained[/green] {summary['model_dir']} in {summary['wall_s']:.0f} s; held out: {', '.join(held)}"
     )
+
+
+@perturb_app.command("adapt")
+def perturb_adapt(
+    base_dir: Annotated[Path, typer.Argument(help="A directory written by 'genailab perturb train' (the base).")],
+    data: Annotated[Path, typer.Argument(help="New cells (.h5ad): controls and perturbed cells of the new context.")],
+    out: Annotated[Path, typer.Option("--out", help="Adapted model directory (adapter weights only, + logs).")],
+    tuning: Annotated[str | None, typer.Option("--tuning", help=_TUNING_HELP)] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config (sections tuning, train, ...).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key, e.g. --set tuning.rank=4.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
+) -> None:
+    """Adapt a pretrained perturbation model to a new context (e.g. a cell line) with one tuning method."""
+    from genailab.adaptation import adapt_perturb
+
+    summary = adapt_perturb(base_dir, data, out, tuning=tuning, config_path=config, sets=set_ or [], seed=seed)
+    _report_adapt(summary)
 
 
 @perturb_app.command("predict")

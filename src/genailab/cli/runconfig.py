@@ -12,19 +12,72 @@ from genailab.config import Config, apply_overrides, check_positive, load_yaml_o
 from genailab.data import DataSpec
 from genailab.errors import InvalidInputError
 from genailab.foundation.recipes.count_vae import PRESETS, LatentTokenVAEConfig
+from genailab.foundation.recipes.distill import DistillConfig
 from genailab.foundation.recipes.latent_diffusion import LatentDiffusionConfig
 from genailab.foundation.recipes.perturb_delta import PerturbDeltaConfig
+from genailab.foundation.tuning import TuningConfig
+from genailab.tokenizers import TokenizerConfig
 from genailab.training import TrainConfig
 
-__all__ = ["PerturbRunConfig", "SynthRunConfig", "VAERunConfig", "resolve_run_config", "versions"]
+__all__ = [
+    "AdaptRunConfig",
+    "DistillRunConfig",
+    "PerturbRunConfig",
+    "SynthRunConfig",
+    "TokenizerRunFields",
+    "VAERunConfig",
+    "resolve_run_config",
+    "versions",
+]
 
 
 @dataclass(frozen=True)
-class VAERunConfig(Config):
+class TokenizerRunFields(Config):
+    """The tokenizer choice and the files it is built from (shared by the VAE and synthesis runs).
+
+    Parameters
+    ----------
+    tokenizer
+        ``tokenizer.name`` is ``latent`` (default), ``pathway``, ``grn``, ``rank``, ``latent+pathway``
+        or ``grn+latent``; its other fields are the tokenizer's options (``--set tokenizer.top_k=128``).
+    gene_sets
+        A GMT file of gene sets (pathway tokens), or ``nmf`` / ``nmf:K`` for K data-driven modules fitted
+        on the training cells (saved with the model).
+    grn
+        A TSV/CSV of regulator -> target edges (GRN tokens).
+    gene_medians
+        A Geneformer gene-median dictionary (``.pkl``, Ensembl ID -> median) for rank tokens.
+    id_map
+        A TSV of ``symbol`` and ``ensembl_id`` columns, to match gene sets / edges / medians whose ID
+        type differs from the data's genes.
+    symbols_key
+        A ``var`` column holding gene symbols when ``var_names`` are Ensembl IDs (an ID map from the data).
+    n_modules, module_genes
+        Default number of data-driven modules for ``gene_sets=nmf`` and the genes kept per module (its
+        top loadings; capped at the number of genes).
+    """
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    gene_sets: str | None = None
+    grn: str | None = None
+    gene_medians: str | None = None
+    id_map: str | None = None
+    symbols_key: str | None = None
+    n_modules: int = 20
+    module_genes: int = 50
+
+    def _check_tokenizer(self) -> None:
+        check_positive("n_modules", self.n_modules, integer=True)
+        check_positive("module_genes", self.module_genes, integer=True)
+
+
+@dataclass(frozen=True)
+class VAERunConfig(TokenizerRunFields):
     """Everything ``genailab vae train`` needs, as one typed config.
 
     ``vae`` holds overrides of :class:`~genailab.foundation.recipes.LatentTokenVAEConfig` fields
-    (``n_genes`` and ``n_batches`` come from the data); they are validated against that class.
+    (``n_genes`` and ``n_batches`` come from the data); they are validated against that class. The
+    tokenizer fields are those of :class:`TokenizerRunFields`.
     """
 
     seed: int = 0
@@ -37,13 +90,18 @@ class VAERunConfig(Config):
 
     def __post_init__(self) -> None:
         check_positive("seed", self.seed, strict=False, integer=True)
+        self._check_tokenizer()
         if self.preset not in PRESETS:
             raise InvalidInputError(f"preset={self.preset!r} is not allowed; expected one of {', '.join(PRESETS)}.")
-        _check_passthrough("vae", self.vae, LatentTokenVAEConfig.tiny(1, n_batches=1), {"n_genes", "n_batches"})
+        _check_passthrough("vae", self.vae, LatentTokenVAEConfig.tiny(1, n_batches=1), _VAE_FIXED)
 
     def vae_overrides(self) -> dict[str, str]:
         """The ``vae.*`` overrides as a dict."""
         return dict(self.vae)
+
+
+# set from the data, or (the tokenizer) by its own run-config section
+_VAE_FIXED = {"n_genes", "n_batches", "tokenizer"}
 
 
 def _passthrough_fields(cls: type[Config]) -> dict[str, type[Config]]:
@@ -106,7 +164,7 @@ def _check_stack(config: Any) -> None:
         raise InvalidInputError(
             f"vae_preset={config.vae_preset!r} is not allowed; expected one of {', '.join(PRESETS)}."
         )
-    _check_passthrough("vae", config.vae, LatentTokenVAEConfig.tiny(1, n_batches=1), {"n_genes", "n_batches"})
+    _check_passthrough("vae", config.vae, LatentTokenVAEConfig.tiny(1, n_batches=1), _VAE_FIXED)
     backbone_cls = BACKBONES.get(config.backbone)
     preset = getattr(backbone_cls.config_class, config.backbone_preset, None)
     if preset is None:
@@ -138,11 +196,13 @@ def _vae_train_default() -> TrainConfig:
 
 
 @dataclass(frozen=True)
-class SynthRunConfig(Config):
+class SynthRunConfig(TokenizerRunFields):
     """Everything ``genailab synth train`` needs: the VAE stage, then the diffusion stage.
 
     ``vae`` holds overrides of :class:`~genailab.foundation.recipes.LatentTokenVAEConfig` fields and
     ``backbone_config`` overrides of the chosen backbone's config (e.g. ``backbone_config.depth=2``).
+    The tokenizer fields (``--tokenizer``, ``--gene-sets``, ``--grn``, ...) are those of
+    :class:`TokenizerRunFields`.
     """
 
     seed: int = 0
@@ -160,12 +220,19 @@ class SynthRunConfig(Config):
     PASSTHROUGH: ClassVar[dict[str, type]] = {"vae": LatentTokenVAEConfig, "backbone_config": Config}
 
     def __post_init__(self) -> None:
-
         check_positive("seed", self.seed, strict=False, integer=True)
+        self._check_tokenizer()
         _check_stack(self)
 
+    def vae_run(self, spec: DataSpec) -> VAERunConfig:
+        """The VAE stage of this run."""
+        shared = {f: getattr(self, f) for f in TokenizerRunFields.__dataclass_fields__}
+        return VAERunConfig(
+            seed=self.seed, preset=self.vae_preset, data=spec, train=self.vae_train, vae=self.vae, **shared
+        )
 
-SPLIT_KINDS = ("none", "unseen_single", "combo", "context")
+
+SPLIT_KINDS = ("none", "unseen_single", "combo", "context", "all")
 
 
 def _perturb_train_default() -> TrainConfig:
@@ -183,7 +250,8 @@ class PerturbRunConfig(Config):
     ``split`` picks the held-out set: ``none`` (only ``holdouts``), ``unseen_single`` (a fraction
     ``split_fraction`` of the single agents that have prior features), ``combo`` (combinations with
     ``split_seen`` of 2 singles seen) or ``context`` (``split_n_pairs`` perturbations each held out in
-    one context). ``gene_sets`` / ``grn`` give gene priors; ``smiles`` (a TSV/CSV of compound name and
+    one context) or ``all`` (no held-out set: every cell trains, e.g. a base model to adapt later with
+    ``genailab perturb adapt``). ``gene_sets`` / ``grn`` give gene priors; ``smiles`` (a TSV/CSV of compound name and
     SMILES) gives compound fingerprints for ``model.encoder=compound`` (needs RDKit).
     """
 
@@ -228,3 +296,47 @@ class PerturbRunConfig(Config):
         if not 0 < self.split_fraction < 1:
             raise InvalidInputError(f"split_fraction={self.split_fraction!r} must be in (0, 1).")
         _check_stack(self)
+
+
+def _adapt_train_default() -> TrainConfig:
+    # Adaptation is short: few new cells, few trainable parameters.
+    return TrainConfig(max_epochs=100, batch_size=256, lr=1e-3, early_stopping_patience=15, val_fraction=0.1)
+
+
+@dataclass(frozen=True)
+class AdaptRunConfig(Config):
+    """Everything ``genailab synth adapt`` / ``perturb adapt`` need: the tuning method and the training.
+
+    ``tuning`` is a :class:`~genailab.foundation.tuning.TuningConfig` (``--tuning lora --set
+    tuning.rank=8 --set tuning.targets=[attn]``); ``tuning.method=distill`` (synthesis only) distils
+    the base into a small few-step student with ``distill`` settings instead. ``val_fraction`` is
+    the share of the new data's perturbation conditions held out to re-calibrate a perturbation
+    model's intervals.
+    """
+
+    seed: int = 0
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=_adapt_train_default)
+    val_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        check_positive("seed", self.seed, strict=False, integer=True)
+        if not 0 <= self.val_fraction < 1:
+            raise InvalidInputError(f"val_fraction={self.val_fraction!r} must be in [0, 1).")
+
+
+def _distill_train_default() -> TrainConfig:
+    return TrainConfig(max_epochs=100, batch_size=256, lr=1e-3, early_stopping_patience=15, val_fraction=0.1)
+
+
+@dataclass(frozen=True)
+class DistillRunConfig(Config):
+    """Everything ``genailab synth distill`` needs: the student and the training of it."""
+
+    seed: int = 0
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=_distill_train_default)
+
+    def __post_init__(self) -> None:
+        check_positive("seed", self.seed, strict=False, integer=True)

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -422,6 +422,26 @@ class DataRegistry:
         return _parse_dose(value, self.spec.combination_delimiter, key=self.spec.dose_key)
 
     # ------------------------------------------------------------------ persistence
+    def with_categories(self, key: str, labels: Sequence[str]) -> DataRegistry:
+        """A copy with ``labels`` appended to the categories of ``key`` (existing codes unchanged).
+
+        This is how a pretrained model learns a new condition value (a new donor, disease or cell
+        line): the new labels get the next codes and the model extends its embedding table to match.
+        Labels already registered are skipped.
+
+        Raises
+        ------
+        MissingKeyError
+            If ``key`` is not a registered categorical key.
+        InvalidInputError
+            If ``labels`` is empty.
+        """
+        cats = self._cats(key)
+        new = [str(v) for v in dict.fromkeys(str(v) for v in labels) if str(v) not in set(cats)]
+        if not list(labels):
+            raise InvalidInputError(f"with_categories({key!r}, labels=[]): give at least one label to add.")
+        return dataclasses.replace(self, categories={**self.categories, key: (*cats, *new)})
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data, including the spec."""
         return {

@@ -79,6 +79,8 @@ def make_split(adata: Any, config: Any, priors: Any = None) -> Any:
     singles = sorted(lab for lab, ps in parts.items() if len(ps) == 1)
     eligible = [s for s in singles if priors is None or s in priors]
     kind = config.split
+    if kind == "all":
+        return _split_all(labels, contexts, parts, config, everywhere or pairs, priors)
     if kind == "unseen_single":
         pool = [s for s in eligible if s not in everywhere]
         if len(pool) < 2:
@@ -156,6 +158,34 @@ def make_split(adata: Any, config: Any, priors: Any = None) -> Any:
         labels,
         contexts,
         kind=val_kind,
+        fraction=config.model.val_fraction,
+        seed=config.seed + 1,
+        control=config.control,
+        delimiter=config.delimiter,
+        eligible=[] if priors is None else list(priors.genes),
+    )
+
+
+def _split_all(
+    labels: np.ndarray, contexts: np.ndarray, parts: Mapping[str, tuple[str, ...]], config: Any, held: Any, priors: Any
+) -> Any:
+    """Every cell trains (a base model to adapt later); validation conditions are still carved for calibration."""
+    from genailab.data.splits import Split
+    from genailab.perturbation.splits import carve_validation
+
+    if held:
+        raise InvalidInputError("--split all trains on every cell; do not combine it with --holdout.")
+    empty = np.zeros(0, dtype=np.int64)
+    params = {"seed": config.seed, "perturbation_key": config.perturbation_key, "context_key": config.context_key,
+              "test_fraction": 0, "held_out": [], "held_out_pairs": [], "excluded": [], "control": config.control,
+              "delimiter": config.delimiter, "n_obs": len(labels)}  # fmt: skip
+    split = Split("all", train=np.arange(len(labels)), val=empty, test=empty, params=params)
+    combos = any(len(ps) > 1 for ps in parts.values())
+    return carve_validation(
+        split,
+        labels,
+        contexts,
+        kind="combination" if combos else "agent",
         fraction=config.model.val_fraction,
         seed=config.seed + 1,
         control=config.control,

@@ -9,6 +9,16 @@
 """
 
 from genailab.foundation.recipes.count_vae import LatentTokenDecoder, LatentTokenVAE, LatentTokenVAEConfig
+from genailab.foundation.recipes.distill import (
+    DistillConfig,
+    DistilledStudent,
+    TeacherPairDataset,
+    benchmark_sampling,
+    build_student,
+    distill_latent_diffusion,
+    generate_teacher_pairs,
+    save_distilled,
+)
 from genailab.foundation.recipes.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
 from genailab.foundation.recipes.perturb_delta import (
     FORMULATIONS,
@@ -20,6 +30,8 @@ from genailab.foundation.recipes.perturb_delta import (
 
 __all__ = [
     "FORMULATIONS",
+    "DistillConfig",
+    "DistilledStudent",
     "LatentDiffusionConfig",
     "LatentDiffusionModel",
     "LatentTokenDecoder",
@@ -29,4 +41,10 @@ __all__ = [
     "PerturbDeltaModel",
     "PerturbDeltaNet",
     "ResponsePrediction",
+    "TeacherPairDataset",
+    "benchmark_sampling",
+    "build_student",
+    "distill_latent_diffusion",
+    "generate_teacher_pairs",
+    "save_distilled",
 ]

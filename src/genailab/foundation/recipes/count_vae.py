@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,7 +38,8 @@ from genailab.serialization import (
     save_weights,
     write_config,
 )
-from genailab.tokenizers.latent import LatentTokenEncoder, mlp
+from genailab.tokenizers import TOKENIZERS, TokenizerConfig, TokenizerResources
+from genailab.tokenizers.latent import mlp
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -50,6 +51,7 @@ __all__ = ["LatentTokenDecoder", "LatentTokenVAE", "LatentTokenVAEConfig"]
 
 GENES_NAME = "genes.json"
 REGISTRY_NAME = "registry.json"
+TOKENIZER_NAME = "tokenizer.json"
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,10 @@ class LatentTokenVAEConfig(Config):
         Epochs over which the KL weight rises linearly from 0 (0 = no warm-up).
     target_sum
         Per-cell normalisation total for the encoder input ``log1p(x / library * target_sum)``.
+    tokenizer
+        Which registered tokenizer encodes counts into the latent tokens (``latent`` = the default
+        MLP encoder; ``pathway``, ``grn``, ``rank``, ``latent+pathway``, ``grn+latent``) and its options.
+        Tokenizers that fix the number of tokens (one per gene set) set ``n_tokens`` themselves.
     """
 
     n_genes: int
@@ -94,6 +100,7 @@ class LatentTokenVAEConfig(Config):
     kl_weight: float = 1.0
     kl_warmup_epochs: float = 5.0
     target_sum: float = 1e4
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     def __post_init__(self) -> None:
         check_positive("n_genes", self.n_genes, integer=True)
@@ -161,7 +168,7 @@ class LatentTokenDecoder(nn.Module):
         The VAE config (the decoder mirrors the encoder's hidden widths).
     """
 
-    def __init__(self, config: LatentTokenVAEConfig) -> None:
+    def __init__(self, config: LatentTokenVAEConfig, logits: nn.Module | None = None) -> None:
         super().__init__()
         m, d = config.latent_shape
         self.batch_embedding = (
@@ -171,14 +178,24 @@ class LatentTokenDecoder(nn.Module):
         )
         cond_dim = config.batch_embedding_dim if config.n_batches else 0
         widths = list(reversed(config.hidden_dims))
-        self.trunk = mlp([m * d + cond_dim, *widths], dropout=config.dropout)
+        # A structured decoder (e.g. pathway tokens writing their member genes) computes the gene logits
+        # itself; the MLP trunk then only feeds what needs a hidden state (ZINB gate, per-cell theta).
+        self.logits = logits
+        needs_hidden = logits is None or config.likelihood == "zinb" or config.dispersion == "gene-cell"
+        self.trunk = mlp([m * d + cond_dim, *widths], dropout=config.dropout) if needs_hidden else None
         self.head = make_count_head(
             config.likelihood,
-            n_hidden=widths[-1],
+            n_hidden=widths[-1] if needs_hidden else 1,
             n_genes=config.n_genes,
             dispersion=config.dispersion,
             n_conditions=config.n_batches or None,
         )
+        self.batch_offset: nn.Embedding | None = None
+        if logits is not None:
+            self.head.scale_logits = None  # replaced by the structured logits
+            if config.n_batches:  # per-batch gene offsets, zero at init
+                self.batch_offset = nn.Embedding(config.n_batches, config.n_genes)
+                nn.init.zeros_(self.batch_offset.weight)
         self.uses_condition = config.dispersion == "gene-condition"
 
     def forward(
@@ -211,7 +228,13 @@ class LatentTokenDecoder(nn.Module):
             if batch_index is None:
                 raise InvalidInputError("batch_index is required: this model was trained with a batch key.")
             h = torch.cat([h, self.batch_embedding(batch_index.view(-1, 1))], dim=-1)  # (B, m*d + E)
-        h = self.trunk(h)  # (B, H)
+        h = self.trunk(h) if self.trunk is not None else z.new_zeros(z.shape[0], 1)  # (B, H)
+        logits = None
+        if self.logits is not None:
+            logits = self.logits(z)  # (B, G)
+            if self.batch_offset is not None:
+                known = (batch_index >= 0).unsqueeze(-1).to(logits.dtype)  # unknown batch: no offset
+                logits = logits + known * self.batch_offset(batch_index.clamp(min=0))  # (B, G)
         condition = None
         if self.uses_condition:
             if bool((batch_index < 0).any()):
@@ -220,7 +243,7 @@ class LatentTokenDecoder(nn.Module):
                     "decode with a known batch."
                 )
             condition = batch_index
-        return self.head(h, library, condition=condition, gene_mask=gene_mask)
+        return self.head(h, library, condition=condition, gene_mask=gene_mask, logits=logits)
 
 
 class LatentTokenVAE(nn.Module):
@@ -235,6 +258,9 @@ class LatentTokenVAE(nn.Module):
     registry
         The data registry (category maps) of the training data; ``None`` for a model with no
         registered covariates.
+    resources
+        What the tokenizer is built from (gene sets, GRN edges, gene medians), in the model's gene-id
+        space; saved beside the weights. Not needed by the default ``latent`` tokenizer.
 
     Examples
     --------
@@ -250,6 +276,7 @@ class LatentTokenVAE(nn.Module):
         config: LatentTokenVAEConfig,
         genes: Sequence[str] | None = None,
         registry: DataRegistry | None = None,
+        resources: TokenizerResources | None = None,
     ) -> None:
         super().__init__()
         genes = tuple(str(g) for g in genes) if genes is not None else tuple(f"gene_{i}" for i in range(config.n_genes))
@@ -257,15 +284,25 @@ class LatentTokenVAE(nn.Module):
             raise InvalidInputError(f"genes has {len(genes)} entries but config.n_genes={config.n_genes}.")
         if len(set(genes)) != len(genes):
             raise InvalidInputError("genes must be unique; found duplicated gene identifiers.")
+        self.resources = resources if resources is not None else TokenizerResources()
+        self.encoder = TOKENIZERS.get(config.tokenizer.name).build(
+            genes,
+            config=config.tokenizer,
+            n_tokens=config.n_tokens,
+            token_dim=config.token_dim,
+            hidden_dims=config.hidden_dims,
+            dropout=config.dropout,
+            target_sum=config.target_sum,
+            resources=self.resources,
+        )
+        if self.encoder.n_tokens != config.n_tokens:  # the tokenizer fixes m (e.g. one token per gene set)
+            config = config.replace(n_tokens=int(self.encoder.n_tokens))
         self.config = config
         self.genes = genes
         self.registry = registry
         self._batch_column = self._find_batch_column(config, registry)
         m, d = config.latent_shape
-        self.encoder = LatentTokenEncoder(
-            config.n_genes, m, d, config.hidden_dims, dropout=config.dropout, target_sum=config.target_sum
-        )
-        self.decoder = LatentTokenDecoder(config)
+        self.decoder = LatentTokenDecoder(config, logits=self.encoder.decoder_logits())
         n_lib = max(config.n_batches, 1)
         self.register_buffer("latent_mean", torch.zeros(m, d))
         self.register_buffer("latent_std", torch.ones(m, d))
@@ -300,6 +337,8 @@ class LatentTokenVAE(nn.Module):
         preset: str = "small",
         overrides: dict[str, Any] | None = None,
         gene_key: str | None = None,
+        tokenizer: TokenizerConfig | None = None,
+        resources: TokenizerResources | None = None,
     ) -> LatentTokenVAE:
         """Register ``adata`` and build a model sized for it.
 
@@ -315,6 +354,10 @@ class LatentTokenVAE(nn.Module):
             Config fields to change, e.g. ``{"likelihood": "zinb", "n_tokens": 16}``.
         gene_key
             ``var`` column holding the gene identifiers (default: ``var_names``).
+        tokenizer
+            The tokenizer and its options (default: learned latent tokens).
+        resources
+            Gene sets / GRN edges / gene medians the tokenizer is built from.
         """
         from genailab.config import apply_overrides
         from genailab.data import DataSpec, setup_anndata, validate_counts
@@ -329,7 +372,9 @@ class LatentTokenVAE(nn.Module):
                 raise InvalidInputError(f"{fixed} is set from the data and cannot be overridden.")
         config = LatentTokenVAEConfig.preset(preset, adata.n_vars, n_batches=n_batches)
         config = apply_overrides(config, overrides)  # accepts typed values and CLI strings
-        return cls(config, genes=_gene_ids(adata, gene_key), registry=registry)
+        if tokenizer is not None:
+            config = config.replace(tokenizer=tokenizer)
+        return cls(config, genes=_gene_ids(adata, gene_key), registry=registry, resources=resources)
 
     # ------------------------------------------------------------------ core model
     def batch_index(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -648,7 +693,7 @@ class LatentTokenVAE(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path, *, extra_files: dict[str, Any] | None = None) -> Path:
-        """Write ``model.safetensors``, ``genes.json``, ``registry.json`` and ``config.json``.
+        """Write ``model.safetensors``, ``genes.json``, ``registry.json``, ``tokenizer.json`` and ``config.json``.
 
         Each file is written atomically and ``config.json`` is written last, so a directory without
         it is an unfinished save and :meth:`from_pretrained` refuses it. Other files in the directory
@@ -666,6 +711,7 @@ class LatentTokenVAE(nn.Module):
         save_weights(d, self)
         atomic_write_json(d / GENES_NAME, {"genes": list(self.genes)})
         atomic_write_json(d / REGISTRY_NAME, self.registry.to_dict() if self.registry is not None else None)
+        atomic_write_json(d / TOKENIZER_NAME, {"resources": self.resources.to_dict(), "report": self.encoder.report()})
         for name, obj in (extra_files or {}).items():
             atomic_write_json(d / name, obj)
         write_config(d, type(self).__name__, self.config.to_dict())
@@ -687,10 +733,14 @@ class LatentTokenVAE(nn.Module):
         if not isinstance(genes_obj, dict) or not isinstance(genes_obj.get("genes"), list):
             raise CheckpointError(f"{str(d / GENES_NAME)!r} must hold {{'genes': [...]}}.")
         reg_obj = read_json(d / REGISTRY_NAME, what=f"model directory {str(d)!r}")
+        tok_obj = (
+            read_json(d / TOKENIZER_NAME, what=f"model directory {str(d)!r}") if (d / TOKENIZER_NAME).is_file() else {}
+        )
         try:
             registry = DataRegistry.from_dict(reg_obj) if reg_obj is not None else None
-            model = cls(config, genes=genes_obj["genes"], registry=registry)
-        except (InvalidInputError, KeyError, TypeError) as err:
+            resources = TokenizerResources.from_dict(tok_obj.get("resources") or {})
+            model = cls(config, genes=genes_obj["genes"], registry=registry, resources=resources)
+        except (InvalidInputError, KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"model directory {str(d)!r} is inconsistent: {err}") from err
         load_state_dict_strict(d, model)
         model.eval()
@@ -700,7 +750,10 @@ class LatentTokenVAE(nn.Module):
         """Summary shown by ``print(model)``."""
         m, d = self.config.latent_shape
         c = self.config
-        return f"genes={c.n_genes}, tokens={m}x{d}, likelihood={c.likelihood}, version={__version__}"
+        return (
+            f"genes={c.n_genes}, tokenizer={c.tokenizer.name}, tokens={m}x{d}, likelihood={c.likelihood}, "
+            f"version={__version__}"
+        )
 
 
 def _gene_ids(adata: AnnData, gene_key: str | None) -> list[str]:

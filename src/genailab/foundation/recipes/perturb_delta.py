@@ -1224,11 +1224,21 @@ class PerturbDeltaModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> PerturbDeltaModel:
-        """Load a directory written by :meth:`save_pretrained` (refusing incomplete or mismatched ones)."""
+        """Load a directory written by :meth:`save_pretrained` (refusing incomplete or mismatched ones).
+
+        An adapted directory (``genailab perturb adapt``) loads its base and the adapter on top.
+        """
         from genailab.foundation.objectives.uncertainty import ConformalCalibrator
         from genailab.foundation.perturbation.priors import GenePriors
 
         d = Path(directory)
+        if (d / "adapter.json").is_file():
+            from genailab.foundation.recipes.adapted import load_adapted
+
+            model = load_adapted(d)
+            if not isinstance(model, cls):
+                raise CheckpointError(f"{str(d)!r} holds an adapted {type(model).__name__}, not a {cls.__name__}.")
+            return model
         payload = read_config(d, cls.__name__)
         what = f"model directory {str(d)!r}"
         try:

@@ -85,7 +85,7 @@ def adapt_perturb(
     The new data holds control and perturbed cells of the new context; new context values extend
     the context tables and a share of the perturbation conditions re-calibrates the intervals.
     """
-    from genailab.cli.runconfig import AdaptRunConfig
+    from genailab.cli.runconfig import PerturbAdaptRunConfig
     from genailab.data import read_h5ad
     from genailab.foundation.recipes.adapted import adapt_perturbation, save_adapted
 
@@ -95,11 +95,7 @@ def adapt_perturb(
             "--tuning distill applies to synthesis models (genailab synth distill); a perturbation model is "
             "already small. Choose full, linear_probe, adapter, lora, partial or conditioning."
         )
-    # the delta network is an MLP backbone: LoRA / adapters target its MLP layers by default
-    cli = {"tuning.method": tuning, "seed": seed}
-    config = _resolve(config_path, sets, cli, AdaptRunConfig)
-    if not any(s.startswith("tuning.targets") for s in (sets or [])) and config_path is None:
-        config = config.replace(tuning=config.tuning.replace(targets=("mlp",)))
+    config = _resolve(config_path, sets, {"tuning.method": tuning, "seed": seed}, PerturbAdaptRunConfig)
     resolved = _start(out, config, {"base": str(Path(base_dir).resolve()), "data": str(Path(data).resolve())})
     adata = read_h5ad(data)
     t0 = time.perf_counter()

@@ -22,6 +22,7 @@ from genailab.training import TrainConfig
 __all__ = [
     "AdaptRunConfig",
     "DistillRunConfig",
+    "PerturbAdaptRunConfig",
     "PerturbRunConfig",
     "SynthRunConfig",
     "TokenizerRunFields",
@@ -324,6 +325,13 @@ class AdaptRunConfig(Config):
         check_positive("seed", self.seed, strict=False, integer=True)
         if not 0 <= self.val_fraction < 1:
             raise InvalidInputError(f"val_fraction={self.val_fraction!r} must be in [0, 1).")
+
+
+@dataclass(frozen=True)
+class PerturbAdaptRunConfig(AdaptRunConfig):
+    """:class:`AdaptRunConfig` for ``genailab perturb adapt``: LoRA / adapters target the delta network's MLP."""
+
+    tuning: TuningConfig = field(default_factory=lambda: TuningConfig(targets=("mlp",)))
 
 
 def _distill_train_default() -> TrainConfig:

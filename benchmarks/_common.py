@@ -254,6 +254,8 @@ def source_versions(runs: Sequence[dict]) -> list[str]:
 def contention_note(runs: Sequence[dict]) -> str:
     """One line on whether other processes competed for the CPU while the models trained."""
     other = [r.get("other_cpu_fraction") for r in runs]
+    if not other:
+        return "no runs."
     if any(o is None for o in other):
         return "CPU use of other processes unknown (no /proc/stat)."
     note = (

@@ -94,7 +94,7 @@ def _train_config(n_cells: int, steps: int, batch: int) -> Any:
         max_epochs=max(1, math.ceil(steps / per_epoch)),
         batch_size=batch,
         lr=1e-3,
-        early_stopping_patience=max(5, math.ceil(steps / per_epoch) // 4) if val else None,
+        early_stopping_patience=max(5, math.ceil(steps / per_epoch) // 4) if val else 0,
         val_fraction=val,
         progress_bar=False,
     )
@@ -295,7 +295,7 @@ def worker_perturb(method: str, seed: int, base_dir: Path, args: argparse.Namesp
             fields = dict(METHODS[method])
             if fields.get("targets"):
                 fields["targets"] = ("mlp",)
-            train = _train_config(adapt.n_obs, args.steps, 256).replace(val_fraction=0.0, early_stopping_patience=None)
+            train = _train_config(adapt.n_obs, args.steps, 256).replace(val_fraction=0.0, early_stopping_patience=0)
             model, record = adapt_perturbation(
                 base_dir, adapt, TuningConfig(**fields), train, val_fraction=0.25, out_dir=tmp, seed=seed
             )
@@ -413,6 +413,7 @@ def main() -> int:
     p.add_argument("--base-dir")
     p.add_argument("--out", type=Path)
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--work-dir", type=Path, help="where the pretrained bases are kept (default: a temp folder)")
     args = p.parse_args()
     if args.worker:
         result = _worker(args)
@@ -424,48 +425,56 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     common = _common_args(args)
-    with tempfile.TemporaryDirectory(prefix="genailab-tuning-") as tmp:
-        synth_base, perturb_base = Path(tmp) / "synth_base", Path(tmp) / "perturb_base"
-        jobs: list[list[str]] = []
-        pre = {}
-        if "synthesis" in tasks or "distillation" in tasks:
-            pre["synthesis"] = C.run_worker(script, ["--worker", "pretrain_synth", "--base-dir", str(synth_base),
-                                                     *common], 2)  # fmt: skip
-            print(f"[{time.perf_counter() - t0:6.0f}s] pretrained synthesis base in {pre['synthesis']['wall_s']:.0f} s")
-        if "perturbation" in tasks:
-            pre["perturbation"] = C.run_worker(script, ["--worker", "pretrain_perturb", "--base-dir",
-                                                        str(perturb_base), *common], 2)  # fmt: skip
-            print(f"[{time.perf_counter() - t0:6.0f}s] pretrained perturbation base")
-        if "synthesis" in tasks:
-            for frac in FRACTIONS:
-                for method in METHODS if frac == 1.0 or args.all_methods else FEW_CELL_METHODS:
-                    jobs.append(["--worker", "synth", "--method", method, "--fraction", str(frac),
-                                 "--base-dir", str(synth_base)])  # fmt: skip
-        if "perturbation" in tasks:
-            for method in PERTURB_METHODS:
-                jobs.append(["--worker", "perturb", "--method", method, "--base-dir", str(perturb_base)])
-        if "distillation" in tasks:
-            jobs.append(["--worker", "distill", "--base-dir", str(synth_base)])
-        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {pool.submit(C.run_worker, script, [*job, *common], args.threads): job for job in jobs}
-            for fut in concurrent.futures.as_completed(futures):
+    work = args.work_dir or Path(tempfile.gettempdir()) / f"genailab-tuning-seed{args.seed}"
+    synth_base, perturb_base = work / "synth_base", work / "perturb_base"
+    pre: dict[str, Any] = {}
+    # the bases are kept in the work dir, so a rerun (e.g. after a crash) reuses them
+    for task, base, worker in (("synthesis", synth_base, "pretrain_synth"), ("perturbation", perturb_base,
+                                                                           "pretrain_perturb")):  # fmt: skip
+        needed = task in tasks or (task == "synthesis" and "distillation" in tasks)
+        if needed and not (base / "config.json").is_file():
+            pre[task] = C.run_worker(script, ["--worker", worker, "--base-dir", str(base), *common], args.threads)
+            print(f"[{time.perf_counter() - t0:6.0f}s] pretrained the {task} base in {pre[task]['wall_s']:.0f} s")
+    jobs: list[list[str]] = []
+    if "distillation" in tasks:
+        jobs.append(["--worker", "distill", "--base-dir", str(synth_base)])
+    if "synthesis" in tasks:
+        for frac in FRACTIONS:
+            for method in METHODS if frac == 1.0 or args.all_methods else FEW_CELL_METHODS:
+                jobs.append(["--worker", "synth", "--method", method, "--fraction", str(frac),
+                             "--base-dir", str(synth_base)])  # fmt: skip
+    if "perturbation" in tasks:
+        for method in PERTURB_METHODS:
+            jobs.append(["--worker", "perturb", "--method", method, "--base-dir", str(perturb_base)])
+
+    def record() -> None:  # after every job, so a partial run still leaves its figures
+        C.write_json(
+            args.results,
+            {
+                "benchmark": "tuning strategies and distillation",
+                "seed": args.seed,
+                "settings": {k: str(v) for k, v in vars(args).items() if k not in ("out", "worker", "results")},
+                "machine": C.machine_info(args.threads),
+                "contention": C.contention_note([r for r in runs if "other_cpu_fraction" in r]),
+                "pretraining": pre,
+                "runs": runs,
+            },
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(C.run_worker, script, [*job, *common], args.threads): job for job in jobs}
+        for fut in concurrent.futures.as_completed(futures):
+            job = futures[fut]
+            try:
                 r = fut.result()
-                runs.append(r)
-                label = f"{r['task']:12s} {r.get('method', ''):13s} {r.get('fraction', '')}"
-                print(f"[{time.perf_counter() - t0:6.0f}s] {label}", flush=True)
-    _print_tables(runs)
-    C.write_json(
-        args.results,
-        {
-            "benchmark": "tuning strategies and distillation",
-            "seed": args.seed,
-            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "worker", "results")},
-            "machine": C.machine_info(args.threads),
-            "contention": C.contention_note([r for r in runs if "other_cpu_fraction" in r]),
-            "pretraining": pre,
-            "runs": runs,
-        },
-    )
+            except RuntimeError as err:  # one failing method must not lose the others' figures
+                r = {"task": job[1], "method": job[3] if len(job) > 3 else "", "error": str(err)}
+            runs.append(r)
+            label = f"{r['task']:12s} {r.get('method', ''):13s} {r.get('fraction', '')} {r.get('error', '')}"
+            print(f"[{time.perf_counter() - t0:6.0f}s] {label}", flush=True)
+            record()
+    _print_tables([r for r in runs if "error" not in r])
+    record()
     print(f"\nwrote {args.results}")
     return 0
 

@@ -292,9 +292,7 @@ def worker_perturb(method: str, seed: int, base_dir: Path, args: argparse.Namesp
             n_train, n_total = count_parameters(model.nets)
             report = {"n_trainable": n_train, "n_total": n_total}
         else:
-            fields = dict(METHODS[method])
-            if fields.get("targets"):
-                fields["targets"] = ("mlp",)
+            fields = {**METHODS[method], "targets": ("mlp",)}  # the delta network is an MLP backbone
             train = _train_config(adapt.n_obs, args.steps, 256).replace(val_fraction=0.0, early_stopping_patience=0)
             model, record = adapt_perturbation(
                 base_dir, adapt, TuningConfig(**fields), train, val_fraction=0.25, out_dir=tmp, seed=seed

@@ -170,6 +170,9 @@ def _norman_nll(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]
     train, test = adata[split.train].copy(), adata[split.test].copy()
     res = _resources(row)
     res.pop("symbols_key", None)  # Norman's var_names are symbols
+    id_map = _shared("gene_sets", "orgHs_symbol_ensembl_entrez.tsv.gz")
+    if "gene_medians" in res and id_map is not None:  # Geneformer's medians are keyed by Ensembl IDs
+        res["id_map"] = str(id_map)
     config = apply_overrides(VAERunConfig(seed=seed), res, from_string=True)
     epochs = 2 if args.quick else args.vae_epochs
     config = config.replace(

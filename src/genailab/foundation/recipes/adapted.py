@@ -93,6 +93,23 @@ def _train_tables(encoder: nn.Module, keys: Sequence[str]) -> list[str]:
     return names
 
 
+def _tune(
+    module: nn.Module, tuning: TuningConfig, encoder: nn.Module, extended: Sequence[str], prefix: str
+) -> TuningReport:
+    """Apply ``tuning`` to ``module``, then train the extended tables of ``encoder`` too (added to the report)."""
+    from dataclasses import replace
+
+    from genailab.foundation.tuning import apply_tuning, count_parameters
+
+    report = apply_tuning(module, tuning)
+    tables = [f"{prefix}.{n}" for n in _train_tables(encoder, extended)]
+    if not tables:
+        return report
+    n_train, n_total = count_parameters(module)
+    targeted = tuple(dict.fromkeys((*report.targeted, *tables)))
+    return replace(report, targeted=targeted, n_trainable=n_train, n_total=n_total)
+
+
 def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().clone() for n, p in module.named_parameters() if p.requires_grad}
 
@@ -127,10 +144,6 @@ def prepare_synthesis(
     The method's :class:`~genailab.foundation.tuning.TuningReport`, with the extended tables added
     to the touched modules.
     """
-    from dataclasses import replace
-
-    from genailab.foundation.tuning import apply_tuning
-
     registry = model.vae.registry
     batch_key = registry.spec.batch_key if registry is not None else None
     for key, labels in new_categories.items():
@@ -147,19 +160,8 @@ def prepare_synthesis(
             )
         model.vae.registry = model.vae.registry.with_categories(key, labels)
         model.conditioning.add_categories(key, len(labels))
-    report = apply_tuning(model._trained_modules(), tuning)
     extended = [k for k, v in new_categories.items() if v]
-    tables = [f"conditioning.{n}" for n in _train_tables(model.conditioning, extended)]
-    if tables:
-        from genailab.foundation.tuning import count_parameters
-
-        n_train, n_total = count_parameters(model._trained_modules())
-        report = replace(
-            report,
-            targeted=tuple(dict.fromkeys((*report.targeted, *tables))),
-            n_trainable=n_train,
-            n_total=n_total,
-        )
+    report = _tune(model._trained_modules(), tuning, model.conditioning, extended, "conditioning")
     model.reset_ema()
     return report
 
@@ -227,10 +229,6 @@ def prepare_perturbation(
     model: PerturbDeltaModel, tuning: TuningConfig, new_contexts: Mapping[str, Sequence[str]]
 ) -> TuningReport:
     """Extend the context tables of every member by ``new_contexts`` and apply ``tuning`` to each member."""
-    from dataclasses import replace
-
-    from genailab.foundation.tuning import apply_tuning, count_parameters
-
     for key, labels in new_contexts.items():
         if not labels:
             continue
@@ -242,17 +240,8 @@ def prepare_perturbation(
         for net in model.nets:
             net.context.add_categories(key, len(labels))
     extended = [k for k, v in new_contexts.items() if v]
-    report = None
-    for net in model.nets:
-        report = apply_tuning(net, tuning)
-        tables = [f"context.{n}" for n in _train_tables(net.context, extended)] if extended else []
-    assert report is not None
-    if extended:
-        n_train, n_total = count_parameters(model.nets[0])
-        report = replace(
-            report, targeted=tuple(dict.fromkeys((*report.targeted, *tables))), n_trainable=n_train, n_total=n_total
-        )
-    return report
+    reports = [_tune(net, tuning, net.context, extended, "context") for net in model.nets]
+    return reports[0]  # every member is tuned the same way
 
 
 def adapt_perturbation(

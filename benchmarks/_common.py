@@ -1,6 +1,6 @@
 """Shared helpers of the side-by-side benchmarks: matched settings, model adapters, metrics, workers.
 
-Both benchmark scripts train genailab's :class:`~genailab.foundation.recipes.count_vae.LatentTokenVAE`
+Both benchmark scripts train genailab's :class:`~genailab.foundation.recipes.vae.model.LatentTokenVAE`
 and scvi-tools' ``SCVI`` with the settings in :class:`VAESettings`, each ``(method, seed)`` in its own
 Python process (so peak RSS and import costs are isolated), and score both models with the *same* code:
 an adapter per tool exposes ``encode`` (posterior mean and sd) and ``decode`` (NB ``mu``/``theta``) and
@@ -307,7 +307,7 @@ def dense_rows(adata: Any, rows: np.ndarray) -> np.ndarray:
 def train_genailab(adata: Any, split: Any, batch_key: str, s: VAESettings, seed: int) -> tuple[Any, dict]:
     """Build and fit a LatentTokenVAE on ``split.train`` (no validation, no early stopping)."""
     from genailab.data import DataSpec
-    from genailab.foundation.recipes.count_vae import LatentTokenVAE
+    from genailab.foundation.recipes.vae.model import LatentTokenVAE
     from genailab.training import TrainConfig, seed_everything
 
     seed_everything(seed)  # weight initialisation

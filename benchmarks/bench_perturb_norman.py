@@ -11,7 +11,7 @@ Tasks (each over several seeds, one fresh process per (task, seed), all on the s
 - Calibration: 90% interval coverage in [0.85, 0.95]; OOD AUROC (held-out vs leave-one-out training
   groups) at least 0.75.
 
-Each worker runs ``genailab.perturbation.workflows.train_perturb_on`` + ``evaluate_perturb`` exactly as the
+Each worker runs ``genailab.workflows.perturb.train_perturb_on`` + ``evaluate_perturb`` exactly as the
 CLI does, with the library defaults. Caveat (see BENCHMARKS.md): those defaults (formulation ``shift``,
 composer ``additive``, ``nll_weight=0``, VAE ``kl_weight=0.1``) were chosen in exploratory single-member
 runs on the seed-0 Norman combination split whose diagnostics included its held-out doubles, so the
@@ -55,8 +55,8 @@ def _shared() -> Path:
 def worker(task: str, seed: int, out: Path, formulation: str) -> None:
     import anndata as ad
 
-    from genailab.cli.runconfig import PerturbRunConfig
-    from genailab.perturbation.workflows import evaluate_perturb, train_perturb_on
+    from genailab.workflows.perturb import evaluate_perturb, train_perturb_on
+    from genailab.workflows.runconfig import PerturbRunConfig
 
     data = _shared()
     adata = ad.read_h5ad(data / "norman19_mcfaline23" / "norman19_mcfaline23_counts.h5ad")

@@ -66,11 +66,11 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 def worker_genailab(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
-    from genailab.cli.runconfig import SynthRunConfig
     from genailab.data import DataSpec
     from genailab.diffusion import nfe
     from genailab.evaluation import evaluate_synthesis
     from genailab.workflows import train_synth_on
+    from genailab.workflows.runconfig import SynthRunConfig
 
     adata, _ = C.load_counts("kang2018_pbmc_ctrl")
     train, test = _split(adata, seed)

@@ -67,13 +67,13 @@ def _resources(row: str) -> dict[str, Any]:
 
 
 def worker(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    from genailab.cli.runconfig import SynthRunConfig
     from genailab.config import apply_overrides
     from genailab.data import DataSpec, random_split
     from genailab.evaluation import evaluate_synthesis
     from genailab.foundation.recipes import LatentDiffusionModel
     from genailab.training import TrainConfig
     from genailab.workflows import train_synth_on
+    from genailab.workflows.runconfig import SynthRunConfig
 
     adata, reason = C.load_counts("kang2018_pbmc_ctrl")
     if adata is None:
@@ -149,12 +149,12 @@ def _pathway_example(model: Any, test: Any) -> list[dict[str, Any]]:
 
 def _norman_nll(row: str, seed: int, args: argparse.Namespace) -> dict[str, Any] | None:
     """Reconstruction NLL of this row's tokenizer on Norman cells (VAE stage only)."""
-    from genailab.cli.runconfig import VAERunConfig
     from genailab.config import apply_overrides
     from genailab.data import random_split
     from genailab.foundation.recipes import LatentTokenVAE
     from genailab.training import TrainConfig
     from genailab.workflows import train_vae_on
+    from genailab.workflows.runconfig import VAERunConfig
 
     if row == "mlp_baseline":
         return None

@@ -102,10 +102,10 @@ def _train_config(n_cells: int, steps: int, batch: int) -> Any:
 
 # -------------------------------------------------------------------------------------- task 1
 def pretrain_synth(out: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    from genailab.cli.runconfig import SynthRunConfig
     from genailab.data import DataSpec
     from genailab.training import TrainConfig
     from genailab.workflows import train_synth_on
+    from genailab.workflows.runconfig import SynthRunConfig
 
     base, _, _, _ = _kang(seed)
     config = SynthRunConfig(seed=seed, data=DataSpec(), condition_keys=(CELL_TYPE, DONOR))
@@ -176,7 +176,7 @@ def worker_synth(method: str, fraction: float, seed: int, base_dir: Path, args: 
             from genailab.foundation.tuning import count_parameters
 
             res = model.fit(new, train, out_dir=tmp, seed=seed)
-            n_train, n_total = count_parameters(model._trained_modules())
+            n_train, n_total = count_parameters(model.trained_modules())
             report = {"n_trainable": n_train, "n_total": n_total, "method": "scratch"}
             epochs = res.epochs
         else:
@@ -233,8 +233,8 @@ def _mcfaline(seed: int) -> tuple[Any, Any, Any, list[str]]:
 
 
 def _perturb_run_config(seed: int, args: argparse.Namespace) -> Any:
-    from genailab.cli.runconfig import PerturbRunConfig
     from genailab.training import TrainConfig
+    from genailab.workflows.runconfig import PerturbRunConfig
 
     # gene-set and GRN priors let a model embed perturbations it never trained on (the scratch model
     # sees only 5 of the 9 agents)
@@ -260,7 +260,7 @@ def _shared_file(*parts: str) -> Path | None:
 
 def pearson_delta(model: Any, evaluation: Any, held: list[str], seed: int) -> dict[str, float]:
     """Mean Pearson correlation of predicted vs observed mean shifts (all genes and top-20 DE genes)."""
-    from genailab.perturbation.pseudobulk import log_normalize
+    from genailab.data.counts import log_normalize
 
     cond = evaluation.obs["condition"].astype(str).to_numpy()
     controls = evaluation[cond == "control"].copy()
@@ -281,7 +281,7 @@ def worker_perturb(method: str, seed: int, base_dir: Path, args: argparse.Namesp
     from genailab.foundation.recipes import PerturbDeltaModel
     from genailab.foundation.recipes.adapted import adapt_perturbation
     from genailab.foundation.tuning import TuningConfig, count_parameters
-    from genailab.perturbation.workflows import train_perturb_on
+    from genailab.workflows.perturb import train_perturb_on
 
     _, adapt, evaluation, held = _mcfaline(seed)
     meter = C.CpuMeter()
@@ -317,7 +317,7 @@ def worker_perturb(method: str, seed: int, base_dir: Path, args: argparse.Namesp
 
 
 def pretrain_perturb(out: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    from genailab.perturbation.workflows import train_perturb_on
+    from genailab.workflows.perturb import train_perturb_on
 
     base, _, _, _ = _mcfaline(seed)
     t0 = time.perf_counter()
@@ -356,7 +356,7 @@ def worker_distill(seed: int, base_dir: Path, args: argparse.Namespace) -> dict[
         rows.append(
             {
                 "model": name,
-                "n_params": sum(p.numel() for p in model._trained_modules().parameters()),
+                "n_params": sum(p.numel() for p in model.trained_modules().parameters()),
                 "latent_cells_per_s": speed["cells_per_s"],
                 "end_to_end_cells_per_s": end_to_end,
                 "nfe": speed["nfe"],

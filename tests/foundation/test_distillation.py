@@ -23,7 +23,8 @@ from genailab.foundation.recipes import (
     generate_teacher_pairs,
     save_distilled,
 )
-from genailab.foundation.recipes.distill import DISTILL_RECORD, NOISE_KEY, PAIRS_FILE, _cached_pairs
+from genailab.foundation.recipes.distill import DISTILL_RECORD, NOISE_KEY, PAIRS_FILE
+from genailab.foundation.recipes.distill.recipe import _cached_pairs
 from genailab.training import TrainConfig
 
 from ..conftest import make_count_adata

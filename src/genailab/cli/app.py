@@ -70,7 +70,7 @@ def vae_train(
     ] = False,
 ) -> None:
     """Train the latent-token count VAE on DATA and save it to OUT (rerunning resumes)."""
-    from genailab.workflows import train_vae
+    from genailab.workflows.synth import train_vae
 
     summary = train_vae(
         data,
@@ -105,7 +105,7 @@ def vae_encode(
     ] = False,
 ) -> None:
     """Embed DATA with a trained model: latent in obsm['X_genailab'], tokens in obsm['X_genailab_tokens']."""
-    from genailab.workflows import encode_vae
+    from genailab.workflows.synth import encode_vae
 
     path = encode_vae(
         model_dir,
@@ -161,7 +161,7 @@ def synth_train(
     ] = None,
 ) -> None:
     """Train the VAE (unless --vae) and the conditional diffusion model; rerunning resumes."""
-    from genailab.workflows import train_synth
+    from genailab.workflows.synth import train_synth
 
     summary = train_synth(
         data,
@@ -199,7 +199,7 @@ def synth_adapt(
     seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
 ) -> None:
     """Adapt a pretrained synthesis model to new cells (a new donor, disease, cohort) with one tuning method."""
-    from genailab.adaptation import adapt_synth
+    from genailab.workflows.adapt import adapt_synth
 
     summary = adapt_synth(base_dir, data, out, tuning=tuning, config_path=config, sets=set_ or [], seed=seed)
     _report_adapt(summary)
@@ -223,7 +223,7 @@ def synth_distill(
     seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
 ) -> None:
     """Distil a trained model into a small student that samples in a few steps."""
-    from genailab.adaptation import distill_synth
+    from genailab.workflows.adapt import distill_synth
 
     summary = distill_synth(
         model_dir,
@@ -270,7 +270,7 @@ def synth_sample(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Generate synthetic cells (integer counts) for given conditions or like a reference."""
-    from genailab.workflows import sample_synth
+    from genailab.workflows.synth import sample_synth
 
     path = sample_synth(
         model_dir,
@@ -298,7 +298,7 @@ def synth_counterfactual(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Re-generate real cells under changed conditions (e.g. donor A -> B; all -> one batch = correction)."""
-    from genailab.workflows import counterfactual_synth
+    from genailab.workflows.synth import counterfactual_synth
 
     path = counterfactual_synth(
         model_dir,
@@ -323,7 +323,7 @@ def synth_evaluate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Compare synthetic with real cells (MMD, energy, W1, classifier AUC, marginals) beside a real-vs-real floor."""
-    from genailab.workflows import evaluate_synth
+    from genailab.workflows.synth import evaluate_synth
 
     evaluate_synth(real, syn, out, condition_key=condition_key, layer=layer, seed=seed)
     _console().print(f"[green]wrote[/green] {out}/report.html and {out}/metrics.json")
@@ -369,7 +369,7 @@ def perturb_train(
     seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
 ) -> None:
     """Hold out perturbations, train the VAE on training cells, train and calibrate the ensemble (reruns resume)."""
-    from genailab.perturbation.workflows import train_perturb
+    from genailab.workflows.perturb import train_perturb
 
     summary = train_perturb(
         data,
@@ -405,7 +405,7 @@ def perturb_adapt(
     seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
 ) -> None:
     """Adapt a pretrained perturbation model to a new context (e.g. a cell line) with one tuning method."""
-    from genailab.adaptation import adapt_perturb
+    from genailab.workflows.adapt import adapt_perturb
 
     summary = adapt_perturb(base_dir, data, out, tuning=tuning, config_path=config, sets=set_ or [], seed=seed)
     _report_adapt(summary)
@@ -427,7 +427,7 @@ def perturb_predict(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Predict perturbed cells: sampled counts in X, mean and 90% interval layers, OOD score in obs/uns."""
-    from genailab.perturbation.workflows import predict_perturb
+    from genailab.workflows.perturb import predict_perturb
 
     info = predict_perturb(
         model_dir, controls, perturbation, out, context=context, allow_ood=allow_ood, seed=seed, dose=dose
@@ -450,7 +450,7 @@ def perturb_evaluate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Score the model and every baseline on the held-out split saved in MODEL_DIR."""
-    from genailab.perturbation.workflows import evaluate_perturb
+    from genailab.workflows.perturb import evaluate_perturb
 
     summary = evaluate_perturb(
         model_dir, data, out, gene_sets=[str(p) for p in gene_sets] if gene_sets else None, seed=seed
@@ -470,7 +470,7 @@ def demo(
     one synthetic cell per real cell, evaluates it beside a real-vs-real floor and writes the synthetic
     h5ad, the embedding and HTML reports.
     """
-    from genailab.workflows import run_demo
+    from genailab.workflows.synth import run_demo
 
     summary = run_demo(out, seed=seed, quick=quick)
     _console().print(

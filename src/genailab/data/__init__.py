@@ -15,6 +15,7 @@ from genailab.data.counts import (
     CountsSummary,
     RecoveryReport,
     get_counts,
+    log_normalize,
     read_h5ad,
     recover_counts,
     validate_counts,
@@ -30,7 +31,16 @@ from genailab.data.genes import (
     detect_id_type,
 )
 from genailab.data.loading import BatchSampler, CountsDataset, TensorBatchDataset, make_dataloader
-from genailab.data.spec import DataRegistry, DataSpec, setup_anndata
+from genailab.data.spec import (
+    DataRegistry,
+    DataSpec,
+    label_strings,
+    obs_column,
+    obs_labels,
+    parse_dose,
+    setup_anndata,
+    split_label,
+)
 from genailab.data.splits import (
     SPLITTERS,
     Split,
@@ -62,6 +72,7 @@ __all__ = [
     "context_split",
     "detect_id_type",
     "get_counts",
+    "log_normalize",
     "holdout_category_split",
     "holdout_perturbation_split",
     "load_shared",
@@ -70,7 +81,12 @@ __all__ = [
     "pbmc68k_reduced",
     "read_h5ad",
     "recover_counts",
+    "label_strings",
+    "obs_column",
+    "obs_labels",
+    "parse_dose",
     "setup_anndata",
+    "split_label",
     "shared_data_dir",
     "random_split",
     "validate_counts",

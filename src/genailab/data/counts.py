@@ -27,6 +27,7 @@ __all__ = [
     "RecoveryReport",
     "get_counts",
     "is_backed_sparse",
+    "log_normalize",
     "read_h5ad",
     "recover_counts",
     "validate_counts",
@@ -606,3 +607,36 @@ def recover_counts(
         out.obsm[key] = adata.obsm[key].copy()
     out.uns[RECOVERY_UNS_KEY] = report.to_dict()
     return out, report
+
+
+def log_normalize(counts: Any, target_sum: float = 1e4) -> np.ndarray:
+    """Library-size normalise and log-transform counts: ``log1p(counts / row_sum * target_sum)``.
+
+    Parameters
+    ----------
+    counts
+        Count matrix, shape ``(N, G)``, dense or scipy sparse.
+    target_sum
+        Total each cell is scaled to before ``log1p``.
+
+    Returns
+    -------
+    np.ndarray
+        Dense float64 array of shape ``(N, G)``; rows whose total is 0 stay 0.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``counts`` is not 2-D, holds negative or non-finite values, or ``target_sum`` is not positive.
+    """
+    if isinstance(target_sum, bool) or not np.isfinite(target_sum) or target_sum <= 0:
+        raise InvalidInputError(f"target_sum={target_sum!r} must be a positive finite number (e.g. 1e4).")
+    x = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise InvalidInputError(f"counts must be a 2-D (cells, genes) matrix, got shape {x.shape}.")
+    if x.size and (not np.isfinite(x).all() or x.min() < 0):
+        raise InvalidInputError("counts must be finite and non-negative; got negative, NaN or infinite values.")
+    total = x.sum(axis=1, keepdims=True)  # (N, 1)
+    scale = np.divide(target_sum, total, out=np.zeros_like(total), where=total > 0)
+    return np.log1p(x * scale)

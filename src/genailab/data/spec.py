@@ -26,7 +26,16 @@ from genailab.config import Config
 from genailab.errors import InvalidInputError, MissingKeyError, UnknownLabelError
 from genailab.io import atomic_write_json
 
-__all__ = ["DataRegistry", "DataSpec", "setup_anndata"]
+__all__ = [
+    "DataRegistry",
+    "DataSpec",
+    "label_strings",
+    "obs_column",
+    "obs_labels",
+    "parse_dose",
+    "setup_anndata",
+    "split_label",
+]
 
 _SINGLE_KEY_FIELDS = ("cell_type_key", "tissue_key", "disease_key", "batch_key", "perturbation_key")
 
@@ -127,7 +136,8 @@ def _available(obs: pd.DataFrame, limit: int = 30) -> str:
     return shown + (f", ... ({len(cols)} in all)" if len(cols) > limit else "")
 
 
-def _column(adata: Any, key: str, role: str) -> pd.Series:
+def obs_column(adata: Any, key: str, role: str) -> pd.Series:
+    """``adata.obs[key]``; a non-AnnData or a missing column is refused with the available columns listed."""
     if not isinstance(adata, AnnData):
         raise InvalidInputError(f"adata must be an anndata.AnnData, got {type(adata).__name__}.")
     if key not in adata.obs.columns:
@@ -135,7 +145,7 @@ def _column(adata: Any, key: str, role: str) -> pd.Series:
     return adata.obs[key]
 
 
-def _label_strings(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def label_strings(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(labels as str objects, isna mask)`` for a label column (NaN entries become '')."""
     isna = series.isna().to_numpy()
     if isinstance(series.dtype, pd.CategoricalDtype):
@@ -146,6 +156,24 @@ def _label_strings(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         labels = np.array([str(v) for v in series.to_numpy()], dtype=object)
         labels[isna] = ""
     return labels, isna
+
+
+def obs_labels(adata: Any, key: str, argument: str) -> np.ndarray:
+    """``obs[key]`` as an object array of strings; a missing column or missing values are refused.
+
+    Parameters
+    ----------
+    adata
+        The AnnData to read.
+    key
+        The obs column.
+    argument
+        The option or argument that named ``key`` (used in the error message).
+    """
+    labels, isna = label_strings(obs_column(adata, key, argument))
+    if isna.any():
+        raise InvalidInputError(f"obs[{key!r}] has {int(isna.sum())} missing values; fill or drop them.")
+    return labels
 
 
 def _most_frequent(labels: np.ndarray, n: int = 5) -> str:
@@ -228,8 +256,8 @@ class DataRegistry:
         categories: dict[str, tuple[str, ...]] = {}
         labels_by_key: dict[str, np.ndarray] = {}
         for key in spec.categorical_keys():
-            series = _column(adata, key, "categorical key")
-            labels, isna = _label_strings(series)
+            series = obs_column(adata, key, "categorical key")
+            labels, isna = label_strings(series)
             if isna.any():
                 raise InvalidInputError(
                     f"obs[{key!r}] has {int(isna.sum())} of {len(isna)} cells with a missing (NaN) label; "
@@ -253,16 +281,18 @@ class DataRegistry:
                 )
             singles: set[str] = set()
             for label in categories[spec.perturbation_key]:
-                singles.update(_split(label, spec.control_value, spec.combination_delimiter, key=spec.perturbation_key))
+                singles.update(
+                    split_label(label, spec.control_value, spec.combination_delimiter, key=spec.perturbation_key)
+                )
             perturbations = tuple(sorted(singles))
         if spec.dose_key is not None:
-            dose_labels, isna = _label_strings(_column(adata, spec.dose_key, "dose_key"))
+            dose_labels, isna = label_strings(obs_column(adata, spec.dose_key, "dose_key"))
             if isna.any():
                 raise InvalidInputError(
                     f"obs[{spec.dose_key!r}] has {int(isna.sum())} cells with a missing (NaN) dose; fill or drop them."
                 )
             for value in set(dose_labels.tolist()):
-                _parse_dose(value, spec.combination_delimiter, key=spec.dose_key)
+                parse_dose(value, spec.combination_delimiter, key=spec.dose_key)
         means: dict[str, float] = {}
         stds: dict[str, float] = {}
         for key in spec.continuous_keys():
@@ -336,14 +366,14 @@ class DataRegistry:
         keys = self.categorical_keys()
         out = np.empty((adata.n_obs, len(keys)), dtype=np.int64)
         for j, key in enumerate(keys):
-            series = _column(adata, key, "registered categorical key")
+            series = obs_column(adata, key, "registered categorical key")
             known = pd.Index(self.categories[key])
             if isinstance(series.dtype, pd.CategoricalDtype):
                 lut = known.get_indexer([str(c) for c in series.cat.categories])
                 raw = series.cat.codes.to_numpy().astype(np.int64)
                 codes = np.where(raw >= 0, lut[np.maximum(raw, 0)] if lut.size else -1, -1)
             else:
-                labels, isna = _label_strings(series)
+                labels, isna = label_strings(series)
                 codes = known.get_indexer(labels).astype(np.int64)
                 codes[isna] = -1
             isna = series.isna().to_numpy()
@@ -355,7 +385,7 @@ class DataRegistry:
                         "them, "
                         "or pass unknown='unknown' to encode them as -1."
                     )
-                labels, _ = _label_strings(series[bad])
+                labels, _ = label_strings(series[bad])
                 unseen = sorted(set(labels.tolist()))
                 shown = ", ".join(repr(u) for u in unseen[:10])
                 more = f" (and {len(unseen) - 10} more)" if len(unseen) > 10 else ""
@@ -415,11 +445,13 @@ class DataRegistry:
 
         Parts equal to the control value are dropped (``'KLF1+ctrl'`` -> ``('KLF1',)``).
         """
-        return _split(label, self.spec.control_value, self.spec.combination_delimiter, key=self.spec.perturbation_key)
+        return split_label(
+            label, self.spec.control_value, self.spec.combination_delimiter, key=self.spec.perturbation_key
+        )
 
     def parse_dose(self, value: Any) -> tuple[float, ...]:
         """Doses of a dose label (``'1+1'`` -> ``(1.0, 1.0)``; ``0.5`` -> ``(0.5,)``)."""
-        return _parse_dose(value, self.spec.combination_delimiter, key=self.spec.dose_key)
+        return parse_dose(value, self.spec.combination_delimiter, key=self.spec.dose_key)
 
     # ------------------------------------------------------------------ persistence
     def with_categories(self, key: str, labels: Sequence[str]) -> DataRegistry:
@@ -534,7 +566,12 @@ def setup_anndata(adata: AnnData, spec: DataSpec | None = None, **spec_fields: A
     return DataRegistry.from_adata(adata, spec)
 
 
-def _split(label: Any, control: str, delimiter: str, *, key: str | None) -> tuple[str, ...]:
+def split_label(label: Any, control: str, delimiter: str, *, key: str | None) -> tuple[str, ...]:
+    """The agents of a perturbation label (the one label grammar): ``'SET+KLF1'`` -> ``('SET', 'KLF1')``.
+
+    The control label gives ``()``; control parts of a combination (``'ctrl+KLF1'``) are dropped; an empty
+    part (``'A++B'``) is refused. ``key`` names the obs column in the error message.
+    """
     if not isinstance(label, str):
         raise InvalidInputError(f"perturbation label {label!r} must be a string.")
     if label == control:
@@ -549,7 +586,8 @@ def _split(label: Any, control: str, delimiter: str, *, key: str | None) -> tupl
     return tuple(p for p in parts if p != control)
 
 
-def _parse_dose(value: Any, delimiter: str, *, key: str | None) -> tuple[float, ...]:
+def parse_dose(value: Any, delimiter: str, *, key: str | None) -> tuple[float, ...]:
+    """One dose per agent: a number, or numbers joined by ``delimiter`` (``'1+0.5'``); refused otherwise."""
     where = f"obs[{key!r}]" if key else "dose"
     if isinstance(value, bool):
         raise InvalidInputError(f"{where} value {value!r} is not a dose; expected a number or e.g. '1+1'.")
@@ -571,7 +609,7 @@ def _parse_dose(value: Any, delimiter: str, *, key: str | None) -> tuple[float, 
 
 
 def _continuous(adata: AnnData, key: str) -> np.ndarray:
-    series = _column(adata, key, "continuous key")
+    series = obs_column(adata, key, "continuous key")
     if (
         isinstance(series.dtype, pd.CategoricalDtype)
         or not pd.api.types.is_numeric_dtype(series.dtype)

@@ -7,10 +7,21 @@
 - :func:`write_html_report`: a self-contained HTML page (figures inlined as PNG).
 - :func:`mmd_rbf`, :func:`energy_distance`, :func:`wasserstein1`, :func:`classifier_auc`: two-sample
   distances between point clouds (e.g. PCA coordinates of real and synthetic cells).
+- :func:`pseudobulk`, :data:`BASELINES`: perturbation pseudo-bulk profiles and the simple baselines
+  (no-change, train-mean, additive, linear, context-mean) every model is compared with.
 - :func:`evaluate_synthesis`, :func:`write_synthesis_report`: synthetic vs real cells, every distance next
   to a real-vs-real floor, with a JSON + HTML report.
 """
 
+from genailab.evaluation.baselines import (
+    BASELINES,
+    AdditiveBaseline,
+    ContextMeanBaseline,
+    LinearBaseline,
+    NoChangeBaseline,
+    PerturbationBaseline,
+    TrainMeanBaseline,
+)
 from genailab.evaluation.distribution import (
     classifier_auc,
     energy_distance,
@@ -24,6 +35,7 @@ from genailab.evaluation.metrics import (
     marginal_agreement,
     silhouette,
 )
+from genailab.evaluation.pseudobulk import PseudoBulk, pseudobulk
 from genailab.evaluation.report import figure_to_html, write_html_report
 from genailab.evaluation.synthesis import (
     SynthesisEmbedding,
@@ -33,6 +45,15 @@ from genailab.evaluation.synthesis import (
 )
 
 __all__ = [
+    "BASELINES",
+    "AdditiveBaseline",
+    "ContextMeanBaseline",
+    "LinearBaseline",
+    "NoChangeBaseline",
+    "PerturbationBaseline",
+    "PseudoBulk",
+    "TrainMeanBaseline",
+    "pseudobulk",
     "SynthesisEmbedding",
     "classifier_auc",
     "energy_distance",

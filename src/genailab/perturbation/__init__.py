@@ -1,13 +1,15 @@
-"""Perturbation-response data and baselines.
+"""Deprecated: ``genailab.perturbation`` was split by layer (this path is kept for one release).
 
-- :mod:`genailab.perturbation.pseudobulk`: mean log-normalised profiles per (condition, context) and their
-  deltas from control.
-- :mod:`genailab.perturbation.baselines`: simple baselines registered by name in :data:`BASELINES`.
-- :mod:`genailab.perturbation.splits`: ``--holdout P`` / ``P@C`` splits and validation conditions.
-- :mod:`genailab.perturbation.workflows`: ``genailab perturb train | predict | evaluate``.
+- pseudo-bulk profiles and baselines: :mod:`genailab.evaluation.pseudobulk`, :mod:`genailab.evaluation.baselines`;
+- ``--holdout`` splits and validation conditions: :mod:`genailab.data.perturbation_splits`;
+- the ``perturb`` jobs: :mod:`genailab.workflows.perturb`.
 """
 
-from genailab.perturbation.baselines import (
+import warnings
+
+from genailab.data.counts import log_normalize
+from genailab.data.perturbation_splits import carve_validation, holdout_split, parse_holdouts
+from genailab.evaluation.baselines import (
     BASELINES,
     AdditiveBaseline,
     ContextMeanBaseline,
@@ -16,8 +18,14 @@ from genailab.perturbation.baselines import (
     PerturbationBaseline,
     TrainMeanBaseline,
 )
-from genailab.perturbation.pseudobulk import PseudoBulk, log_normalize, pseudobulk
-from genailab.perturbation.splits import carve_validation, holdout_split, parse_holdouts
+from genailab.evaluation.pseudobulk import PseudoBulk, pseudobulk
+
+warnings.warn(
+    "genailab.perturbation is deprecated; use genailab.evaluation (pseudobulk, baselines), "
+    "genailab.data (perturbation splits) and genailab.workflows.perturb.",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 __all__ = [
     "BASELINES",

@@ -25,6 +25,7 @@ Prior knowledge (:class:`TokenizerResources`) is translated into the model's gen
 between two groups of cells.
 """
 
+from genailab.nn import log_normalize
 from genailab.tokenizers.attribution import token_shift
 from genailab.tokenizers.base import (
     OVERLAPS,
@@ -34,7 +35,6 @@ from genailab.tokenizers.base import (
     TokenizerConfig,
     TokenizerResources,
     build_tokenizer,
-    log_normalize,
 )
 from genailab.tokenizers.grn import GRNTokenEncoder, edge_index_from, harmonize_edges
 from genailab.tokenizers.hybrid import GRNLatentEncoder, LearnedAdjacency, PathwayLatentEncoder

@@ -41,7 +41,6 @@ __all__ = [
     "TokenizerResources",
     "build_tokenizer",
     "check_genes",
-    "log_normalize",
     "resolve_gene_ids",
 ]
 
@@ -80,23 +79,6 @@ class TokenBatch:
         b, n = self.ids.shape
         assert self.values.shape[:2] == (b, n), f"values {tuple(self.values.shape)} vs ids {(b, n)}"
         assert self.mask.shape == (b, n), f"mask {tuple(self.mask.shape)} vs ids {(b, n)}"
-
-
-def log_normalize(counts: torch.Tensor, library: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
-    """``log1p(counts / library * target_sum)``, with empty cells mapped to zeros.
-
-    Parameters
-    ----------
-    counts
-        ``(B, G)`` raw counts.
-    library
-        ``(B, 1)`` library sizes.
-
-    Returns
-    -------
-    ``(B, G)`` log-normalised expression.
-    """
-    return torch.log1p(counts * (target_sum / library.clamp(min=1.0)))
 
 
 # ------------------------------------------------------------------------------------------- config

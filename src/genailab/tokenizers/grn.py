@@ -21,7 +21,7 @@ from torch import nn
 from genailab.data.gene_sets import EdgeList
 from genailab.data.genes import GeneIdMap, detect_id_type
 from genailab.errors import InvalidInputError
-from genailab.foundation.conditioning.conditioners import multi_head_attention
+from genailab.nn import log_normalize, mlp, multi_head_attention
 from genailab.tokenizers.base import (
     LOGVAR_RANGE,
     TOKENIZERS,
@@ -29,10 +29,8 @@ from genailab.tokenizers.base import (
     TokenizerConfig,
     TokenizerResources,
     check_genes,
-    log_normalize,
     resolve_gene_ids,
 )
-from genailab.tokenizers.latent import mlp
 from genailab.tokenizers.sparse_attention import GraphAttention, add_self_loops
 
 __all__ = ["GRNTokenEncoder", "GraphBlock", "QueryPooling", "edge_index_from", "harmonize_edges"]

@@ -8,29 +8,16 @@ from typing import Any, Self
 import torch
 from torch import nn
 
+from genailab.nn import log_normalize, mlp
 from genailab.tokenizers.base import (
     TOKENIZERS,
     TokenBatch,
     TokenizerConfig,
     TokenizerResources,
     check_genes,
-    log_normalize,
 )
 
 __all__ = ["LatentTokenEncoder", "mlp"]
-
-
-def mlp(dims: list[int], *, dropout: float, norm: bool = True) -> nn.Sequential:
-    """Linear -> LayerNorm -> GELU -> Dropout for each consecutive pair of ``dims``."""
-    layers: list[nn.Module] = []
-    for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
-        layers.append(nn.Linear(d_in, d_out))
-        if norm:
-            layers.append(nn.LayerNorm(d_out))
-        layers.append(nn.GELU())
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers)
 
 
 @TOKENIZERS.register("latent")

@@ -27,6 +27,7 @@ from torch import nn
 
 from genailab.data.genes import GeneIdMap
 from genailab.errors import InvalidInputError
+from genailab.nn import log_normalize, mlp
 from genailab.tokenizers.base import (
     LOGVAR_RANGE,
     OVERLAPS,
@@ -36,10 +37,8 @@ from genailab.tokenizers.base import (
     TokenizerConfig,
     TokenizerResources,
     check_genes,
-    log_normalize,
     resolve_gene_ids,
 )
-from genailab.tokenizers.latent import mlp
 
 __all__ = [
     "RESIDUAL_TOKEN",

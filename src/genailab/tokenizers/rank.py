@@ -21,6 +21,7 @@ from torch import nn
 from genailab.config import check_positive
 from genailab.data.genes import detect_id_type, strip_ensembl_version
 from genailab.errors import InvalidInputError
+from genailab.nn import mlp
 from genailab.tokenizers.base import (
     LOGVAR_RANGE,
     TOKENIZERS,
@@ -30,7 +31,6 @@ from genailab.tokenizers.base import (
     check_genes,
 )
 from genailab.tokenizers.grn import QueryPooling
-from genailab.tokenizers.latent import mlp
 
 __all__ = ["RankTokenEncoder", "gene_medians_from_geneformer", "rank_tokenize"]
 

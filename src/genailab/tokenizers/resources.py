@@ -1,6 +1,6 @@
 """Build a tokenizer's resources (gene sets, GRN edges, gene medians) from the files a run names.
 
-The run config (:class:`~genailab.cli.runconfig.TokenizerRunFields`) names files; this module reads
+The run config (:class:`~genailab.workflows.runconfig.TokenizerRunFields`) names files; this module reads
 them, fits data-driven modules when asked (``gene_sets="nmf"`` / ``"nmf:K"``), maps every gene ID
 into the data's ID space (an ``id_map`` TSV, or a ``var`` column of symbols) and returns
 :class:`~genailab.tokenizers.TokenizerResources` plus a harmonisation report. The resources are
@@ -83,7 +83,7 @@ def load_tokenizer_resources(
     adata
         The training data (its ``var_names`` are the model's genes).
     config
-        A run config with the :class:`~genailab.cli.runconfig.TokenizerRunFields` fields and ``data``.
+        A run config with the :class:`~genailab.workflows.runconfig.TokenizerRunFields` fields and ``data``.
     rows
         The training rows (data-driven modules are fitted on them only).
     seed

@@ -286,7 +286,7 @@ def fit_recipe(
         steps=steps,
         best_val_loss=best,
         final_train_loss=float(train_loss) if train_loss is not None else None,
-        train_cells_per_s=module._cells / module._train_time if module._train_time > 0 else 0.0,
+        train_cells_per_s=module.cells_seen / module.train_time if module.train_time > 0 else 0.0,
         wall_s=wall,
         resumed_from=ckpt_path,
         stopped_early=stopped,

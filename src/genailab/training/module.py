@@ -41,8 +41,8 @@ class LightningRecipe(L.LightningModule):
         self.recipe = recipe
         self.train_config = config
         self._train_loader, self._val_loader = train_loader, val_loader
-        self._cells = 0
-        self._train_time = 0.0
+        self.cells_seen = 0
+        self.train_time = 0.0
         self._epoch_start = 0.0
         self.history: list[dict[str, float]] = []
 
@@ -59,7 +59,7 @@ class LightningRecipe(L.LightningModule):
             self.log(f"train/{k}", v, batch_size=bs, on_step=False, on_epoch=True)
         for k, v in out.metrics.items():
             self.log(f"train/{k}", float(v), batch_size=bs, on_step=False, on_epoch=True)
-        self._cells += out.n_obs
+        self.cells_seen += out.n_obs
         return out.loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -78,7 +78,7 @@ class LightningRecipe(L.LightningModule):
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
-        self._train_time += time.perf_counter() - self._epoch_start
+        self.train_time += time.perf_counter() - self._epoch_start
         row = {"epoch": float(self.current_epoch)}
         row.update({k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1})
         self.history.append(row)

@@ -24,8 +24,8 @@ from genailab.foundation.conditioning.conditioners import (
     CONDITIONERS,
     ConditionContext,
     Conditioner,
-    multi_head_attention,
 )
+from genailab.nn import multi_head_attention
 
 __all__ = ["DiT", "DiTBlock", "DiTConfig"]
 

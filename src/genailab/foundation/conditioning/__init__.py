@@ -27,8 +27,8 @@ from genailab.foundation.conditioning.conditioners import (  # noqa: E402
     CrossAttention,
     CrossAttentionConditioner,
     FiLMConditioner,
-    multi_head_attention,
 )
+from genailab.nn import multi_head_attention
 
 __all__ += [
     "CONDITIONERS",

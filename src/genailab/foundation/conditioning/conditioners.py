@@ -41,6 +41,7 @@ from torch import nn
 from genailab.config import check_positive
 from genailab.errors import InvalidInputError
 from genailab.foundation.conditioning.film import FiLM
+from genailab.nn import multi_head_attention
 from genailab.registry import Registry
 
 __all__ = [
@@ -52,7 +53,6 @@ __all__ = [
     "CrossAttentionConditioner",
     "FiLMConditioner",
     "Sublayer",
-    "multi_head_attention",
 ]
 
 CONDITIONERS: Registry = Registry("conditioner")
@@ -76,43 +76,6 @@ class ConditionContext:
 
     emb: torch.Tensor
     tokens: torch.Tensor | None = None
-
-
-def multi_head_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    n_heads: int,
-    key_mask: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-) -> torch.Tensor:
-    """Scaled dot-product attention over ``n_heads`` heads (Vaswani et al. 2017).
-
-    Parameters
-    ----------
-    q
-        ``(B, N, W)`` queries.
-    k, v
-        ``(B, M, W)`` keys and values.
-    n_heads
-        Number of heads; must divide ``W``.
-    key_mask
-        ``(B, M)`` bool, ``True`` = a real key that may be attended; ``None`` = all keys.
-    dropout_p
-        Attention dropout (pass 0 in eval mode).
-
-    Returns
-    -------
-    ``(B, N, W)`` attended values.
-    """
-    b, n, w = q.shape
-    m = k.shape[1]
-    q = q.view(b, n, n_heads, w // n_heads).transpose(1, 2)  # (B, H, N, W/H)
-    k = k.view(b, m, n_heads, w // n_heads).transpose(1, 2)  # (B, H, M, W/H)
-    v = v.view(b, m, n_heads, w // n_heads).transpose(1, 2)  # (B, H, M, W/H)
-    attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, M)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)  # (B, H, N, W/H)
-    return out.transpose(1, 2).reshape(b, n, w)  # (B, N, W)
 
 
 class CrossAttention(nn.Module):

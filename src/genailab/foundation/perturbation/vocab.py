@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from genailab.data.spec import _parse_dose, _split
+from genailab.data.spec import parse_dose, split_label
 from genailab.errors import InvalidInputError, UnknownLabelError
 
 __all__ = ["PerturbationVocab"]
@@ -71,7 +71,7 @@ class PerturbationVocab:
         """Vocabulary of the agents in training ``conditions`` followed by the other ``prior_agents``."""
         if delimiter in control:
             cls((), 1, control, delimiter)  # raises the delimiter-clash error
-        trained = sorted({a for c in set(conditions) for a in _split(str(c), control, delimiter, key=None)})
+        trained = sorted({a for c in set(conditions) for a in split_label(str(c), control, delimiter, key=None)})
         if not trained:
             raise InvalidInputError(
                 f"the training data has no perturbed cells (every condition is the control {control!r})."
@@ -83,7 +83,7 @@ class PerturbationVocab:
     # ------------------------------------------------------------------ queries
     def parts(self, label: str) -> tuple[str, ...]:
         """Agents of a condition label (``()`` for the control)."""
-        parts = _split(str(label), self.control, self.delimiter, key=None)
+        parts = split_label(str(label), self.control, self.delimiter, key=None)
         if len(set(parts)) != len(parts):
             raise InvalidInputError(f"perturbation {label!r} lists an agent twice.")
         return parts
@@ -145,7 +145,7 @@ class PerturbationVocab:
                 if n == 0:
                     continue
                 key = value if isinstance(value, (str, int, float)) else str(value)
-                parsed = cache.get(key) or cache.setdefault(key, _parse_dose(value, self.delimiter, key="dose"))
+                parsed = cache.get(key) or cache.setdefault(key, parse_dose(value, self.delimiter, key="dose"))
                 if len(parsed) == 1:
                     parsed = parsed * n
                 if len(parsed) != n:

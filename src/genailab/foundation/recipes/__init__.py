@@ -8,7 +8,6 @@
   calibrated deep ensemble with an OOD score (``perturb_delta_latent``).
 """
 
-from genailab.foundation.recipes.count_vae import LatentTokenDecoder, LatentTokenVAE, LatentTokenVAEConfig
 from genailab.foundation.recipes.distill import (
     DistillConfig,
     DistilledStudent,
@@ -20,13 +19,14 @@ from genailab.foundation.recipes.distill import (
     save_distilled,
 )
 from genailab.foundation.recipes.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
-from genailab.foundation.recipes.perturb_delta import (
+from genailab.foundation.recipes.perturb.model import (
     FORMULATIONS,
     PerturbDeltaConfig,
     PerturbDeltaModel,
     PerturbDeltaNet,
     ResponsePrediction,
 )
+from genailab.foundation.recipes.vae.model import LatentTokenDecoder, LatentTokenVAE, LatentTokenVAEConfig
 
 __all__ = [
     "FORMULATIONS",

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from genailab._version import __version__
+from genailab.data.spec import obs_labels
 from genailab.errors import CheckpointError, InvalidInputError
 from genailab.io import atomic_write_json, check_writable
 from genailab.serialization import CONFIG_NAME, read_config, read_json, write_config
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
     from genailab.foundation.recipes.latent_diffusion import LatentDiffusionModel
-    from genailab.foundation.recipes.perturb_delta import PerturbDeltaModel
+    from genailab.foundation.recipes.perturb.model import PerturbDeltaModel
     from genailab.foundation.tuning import TuningConfig, TuningReport
     from genailab.training import TrainConfig
 
@@ -74,10 +75,9 @@ def is_adapted_dir(directory: str | Path) -> bool:
 
 
 def _new_labels(adata: AnnData, key: str, known: Sequence[str]) -> list[str]:
-    from genailab.foundation.recipes.perturb_delta import _obs_strings
 
     seen = set(known)
-    return sorted({str(v) for v in _obs_strings(adata, key, "condition key").tolist()} - seen)
+    return sorted({str(v) for v in obs_labels(adata, key, "condition key").tolist()} - seen)
 
 
 def _train_tables(encoder: nn.Module, keys: Sequence[str]) -> list[str]:
@@ -161,7 +161,7 @@ def prepare_synthesis(
         model.vae.registry = model.vae.registry.with_categories(key, labels)
         model.conditioning.add_categories(key, len(labels))
     extended = [k for k, v in new_categories.items() if v]
-    report = _tune(model._trained_modules(), tuning, model.conditioning, extended, "conditioning")
+    report = _tune(model.trained_modules(), tuning, model.conditioning, extended, "conditioning")
     model.reset_ema()
     return report
 
@@ -260,16 +260,16 @@ def adapt_perturbation(
     perturbation conditions is held out for early stopping and to re-calibrate the intervals in the
     new context; every member is tuned with the same method.
     """
+    from genailab.data.perturbation_splits import carve_validation
     from genailab.data.splits import Split
-    from genailab.foundation.recipes.perturb_delta import PerturbDeltaModel, _obs_strings
-    from genailab.perturbation.splits import carve_validation
+    from genailab.foundation.recipes.perturb.model import PerturbDeltaModel
     from genailab.training import seed_everything
 
     seed_everything(seed)
     model = PerturbDeltaModel.from_pretrained(base_dir)
     new = {key: _new_labels(adata, key, model.context_categories[key]) for key in model.config.context_keys}
     report = prepare_perturbation(model, tuning, new)
-    labels = _obs_strings(adata, model.perturbation_key, "perturbation_key")
+    labels = obs_labels(adata, model.perturbation_key, "perturbation_key")
     contexts = model.context_labels(adata)
     for label in sorted(set(labels.tolist())):
         model.vocab.encode([label])  # an agent the model cannot embed is refused up front
@@ -338,7 +338,7 @@ def save_adapted(model: nn.Module, directory: str | Path, *, base_dir: str | Pat
     (d / CONFIG_NAME).unlink(missing_ok=True)
     if kind == "synthesis":
         model.use_ema_weights()
-        state = _trainable_state(model._trained_modules())
+        state = _trainable_state(model.trained_modules())
     else:
         state = {f"member_{k}.{n}": v for k, net in enumerate(model.nets) for n, v in _trainable_state(net).items()}
         _write_calibration(model, d)
@@ -402,11 +402,11 @@ def load_adapted(directory: str | Path) -> nn.Module:
 
         model = LatentDiffusionModel.from_pretrained(base)
         prepare_synthesis(model, tuning, new)
-        _load_trainable(model._trained_modules(), state, where=what)
+        _load_trainable(model.trained_modules(), state, where=what)
         model.ema = None
     elif kind == "perturbation":
         from genailab.foundation.objectives.uncertainty import ConformalCalibrator
-        from genailab.foundation.recipes.perturb_delta import PerturbDeltaModel
+        from genailab.foundation.recipes.perturb.model import PerturbDeltaModel
 
         model = PerturbDeltaModel.from_pretrained(base)
         prepare_perturbation(model, tuning, new)

@@ -31,7 +31,7 @@ from genailab.errors import CheckpointError, InvalidInputError, MissingKeyError,
 from genailab.foundation.backbones import BACKBONES
 from genailab.foundation.conditioning import ConditionEncoder, ConditionEncoderConfig
 from genailab.foundation.objectives import LossOutput
-from genailab.foundation.recipes.count_vae import LatentTokenVAE
+from genailab.foundation.recipes.vae.model import LatentTokenVAE
 from genailab.foundation.tuning import apply_freeze
 from genailab.io import atomic_write_json, check_writable
 from genailab.serialization import (
@@ -183,7 +183,7 @@ class LatentDiffusionModel(nn.Module):
         self.objective = make_objective(config.objective, config.schedule)
         # EMA copy of the trained weights, present from the start so checkpoints resume cleanly.
         self.ema: nn.Module | None = (
-            copy.deepcopy(self._trained_modules()).requires_grad_(False) if config.ema_decay > 0 else None
+            copy.deepcopy(self.trained_modules()).requires_grad_(False) if config.ema_decay > 0 else None
         )
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
         self.vae_source: dict[str, str] | None = None
@@ -324,22 +324,22 @@ class LatentDiffusionModel(nn.Module):
         step = int(self.ema_steps)
         decay = min(self.config.ema_decay, (1 + step) / (10 + step))  # warm-up: early weights fade fast
         with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self._trained_modules().parameters(), strict=True):
+            for e, p in zip(self.ema.parameters(), self.trained_modules().parameters(), strict=True):
                 e.lerp_(p, 1.0 - decay)
 
-    def _trained_modules(self) -> nn.ModuleDict:
+    def trained_modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({"backbone": self.backbone, "conditioning": self.conditioning})
 
     def reset_ema(self) -> None:
         """Restart the EMA from the current weights (after loading, or after a tuning method changed the modules)."""
         if self.config.ema_decay > 0:
-            self.ema = copy.deepcopy(self._trained_modules()).requires_grad_(False)
+            self.ema = copy.deepcopy(self.trained_modules()).requires_grad_(False)
         self.ema_steps.zero_()
 
     def use_ema_weights(self) -> None:
         """Copy the EMA weights into the live modules (done after training, before saving)."""
         if self.ema is not None:
-            self._trained_modules().load_state_dict(self.ema.state_dict())
+            self.trained_modules().load_state_dict(self.ema.state_dict())
             self.ema = None
 
     @torch.no_grad()
@@ -349,7 +349,9 @@ class LatentDiffusionModel(nn.Module):
 
         self.vae.eval()
         zs, cs = [], []
-        for batch in make_dataloader(self.vae._dataset(adata, indices=indices), batch_size=batch_size, shuffle=False):
+        for batch in make_dataloader(
+            self.vae.count_dataset(adata, indices=indices), batch_size=batch_size, shuffle=False
+        ):
             mu, _ = self.vae.encode(batch[BATCH_KEYS.COUNTS], batch[BATCH_KEYS.LIBRARY])
             zs.append(self.vae.standardize(mu))
             cs.append(self.conditions_from_batch(batch))
@@ -393,7 +395,7 @@ class LatentDiffusionModel(nn.Module):
         return result
 
     # ------------------------------------------------------------------ sampling
-    def _denoiser(self, cond_values: torch.Tensor, guidance: float | Mapping[str, float]) -> Any:
+    def denoiser(self, cond_values: torch.Tensor, guidance: float | Mapping[str, float]) -> Any:
         from genailab.diffusion import cfg_combine, compose_guidance
 
         keys = self.config.condition_keys
@@ -460,7 +462,7 @@ class LatentDiffusionModel(nn.Module):
             out.append(
                 run_sampler(
                     sampler,
-                    self._denoiser(cv, guidance),
+                    self.denoiser(cv, guidance),
                     self.objective,
                     (cv.shape[0], m, d),
                     steps=steps,
@@ -476,7 +478,7 @@ class LatentDiffusionModel(nn.Module):
     ) -> tuple[np.ndarray, torch.Tensor]:
         vae = self.vae
         batch_index = None
-        if vae._batch_column is not None:
+        if vae.batch_column is not None:
             batch_key = vae.registry.spec.batch_key
             if batch_key in self.config.condition_keys:
                 batch_index = cond_values[:, self.config.condition_keys.index(batch_key)].long()
@@ -650,7 +652,10 @@ class LatentDiffusionModel(nn.Module):
         from genailab.data import make_dataloader
 
         libs = torch.cat(
-            [b[BATCH_KEYS.LIBRARY] for b in make_dataloader(self.vae._dataset(adata), batch_size=4096, shuffle=False)]
+            [
+                b[BATCH_KEYS.LIBRARY]
+                for b in make_dataloader(self.vae.count_dataset(adata), batch_size=4096, shuffle=False)
+            ]
         )
         counts, library = self._decode_counts(z, new, libs, seed)
         obs = adata.obs.copy()
@@ -690,7 +695,7 @@ class LatentDiffusionModel(nn.Module):
             "relative": VAE_DIR if vae_dir.resolve() == (d / VAE_DIR).resolve() else "",
             "sha256": _hash_dir(vae_dir),
         }
-        save_weights(d, self._trained_modules())
+        save_weights(d, self.trained_modules())
         atomic_write_json(
             d / BACKBONE_CONFIG, {"name": _backbone_name(self.backbone), **self.backbone.config.to_dict()}
         )
@@ -732,7 +737,7 @@ class LatentDiffusionModel(nn.Module):
                 f"the VAE in {str(vae_dir)!r} differs from the one this model was trained on (hash mismatch)."
             )
         model = cls(backbone_cls(bconf), ConditionEncoder(cconf), vae, vae, config)
-        load_state_dict_strict(d, model._trained_modules())
+        load_state_dict_strict(d, model.trained_modules())
         model.reset_ema()  # the EMA restarts from the loaded weights (not the random init it was copied from)
         model.vae_source = source
         model.eval()

@@ -1,0 +1,487 @@
+"""End-to-end perturbation workflows behind ``genailab perturb train | predict | evaluate``.
+
+A run directory holds ``run_config.json`` (written first), ``split.json``, ``vae/`` (trained on the
+training cells only), ``member_K/`` (checkpoints and logs of each ensemble member), the model files
+(``config.json`` last) and ``run.json`` (written when training finished).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genailab.data.spec import obs_labels
+from genailab.errors import InvalidInputError
+from genailab.io import atomic_write_json, check_writable
+
+__all__ = ["evaluate_perturb", "predict_perturb", "train_perturb", "train_perturb_on"]
+
+RUN_CONFIG = "run_config.json"
+RUN_SUMMARY = "run.json"
+SPLIT = "split.json"
+_VAL_KIND = {"unseen_single": "agent", "combo": "combination", "context": "pair"}
+
+
+def _context_labels(adata: Any, key: str | None) -> np.ndarray:
+
+    if key is None:
+        return np.full(adata.n_obs, "", dtype=object)
+    return obs_labels(adata, key, "--context-key")
+
+
+def _load_priors(config: Any, readout: Sequence[str]) -> Any:
+    if config.smiles is not None:
+        if config.gene_sets or config.grn:
+            raise InvalidInputError("give either --smiles (compounds) or --gene-sets/--grn (genes), not both.")
+        from genailab.foundation.perturbation.compounds import compound_priors, read_smiles
+
+        return compound_priors(read_smiles(config.smiles))
+    if not config.gene_sets and not config.grn:
+        return None
+    from genailab.foundation.perturbation.priors import build_gene_priors
+
+    return build_gene_priors(
+        gene_sets=[str(p) for p in config.gene_sets],
+        grn=[str(p) for p in config.grn],
+        readout_genes=list(readout),
+        n_components=config.prior_components,
+        seed=config.seed,
+    )
+
+
+def make_split(adata: Any, config: Any, priors: Any = None) -> Any:
+    """The held-out split of a run config (``holdouts`` and/or ``split``), validation conditions carved."""
+    from genailab.data.perturbation_splits import carve_validation, holdout_split, parse_holdouts
+    from genailab.data.splits import combination_split
+
+    labels = obs_labels(adata, config.perturbation_key, "--perturbation-key")
+    contexts = _context_labels(adata, config.context_key)
+    if config.control not in set(labels.tolist()):
+        shown = ", ".join(sorted(set(labels.tolist()))[:15])
+        raise InvalidInputError(
+            f"--control {config.control!r} is not a value of obs[{config.perturbation_key!r}] (values: {shown})."
+        )
+    if config.delimiter in config.control:
+        raise InvalidInputError(
+            f"the control label {config.control!r} contains the combination delimiter {config.delimiter!r}; "
+            "set delimiter to a character that no label uses."
+        )
+    everywhere, pairs = parse_holdouts(config.holdouts)
+    if pairs and config.context_key is None:
+        raise InvalidInputError("--holdout P@C needs --context-key (the obs column of contexts).")
+    rng = np.random.default_rng(config.seed)
+    parts = {lab: () if lab == config.control else tuple(lab.split(config.delimiter)) for lab in set(labels.tolist())}
+    singles = sorted(lab for lab, ps in parts.items() if len(ps) == 1)
+    eligible = [s for s in singles if priors is None or s in priors]
+    kind = config.split
+    if kind == "all":
+        return _split_all(labels, contexts, parts, config, everywhere or pairs, priors)
+    if kind == "unseen_single":
+        pool = [s for s in eligible if s not in everywhere]
+        if len(pool) < 2:
+            raise InvalidInputError(
+                "--split unseen_single needs at least 2 single perturbations with prior features; "
+                f"found {pool}. Pass --gene-sets / --grn files that cover the perturbed genes."
+            )
+        k = min(max(1, int(round(config.split_fraction * len(pool)))), len(pool) - 1)
+        everywhere = everywhere + sorted(rng.choice(np.array(pool, dtype=object), k, replace=False).tolist())
+    elif kind == "context":
+        if config.context_key is None:
+            raise InvalidInputError("--split context needs --context-key.")
+        multi = sorted(
+            {(lab, c) for lab, c in zip(labels.tolist(), contexts.tolist(), strict=True) if lab != config.control}
+        )
+        by_label: dict[str, list[str]] = {}
+        for lab, c in multi:
+            by_label.setdefault(lab, []).append(c)
+        candidates = [(lab, c) for lab, cs in by_label.items() if len(cs) > 1 for c in cs]
+        if not candidates:
+            raise InvalidInputError("--split context: no perturbation occurs in two or more contexts.")
+        order = rng.permutation(len(candidates))[: config.split_n_pairs]
+        pairs = pairs + [candidates[int(i)] for i in order]
+    elif kind == "combo":
+        base = combination_split(
+            adata.obs,
+            config.perturbation_key,
+            seen=config.split_seen,
+            control=config.control,
+            delimiter=config.delimiter,
+            val_fraction=0.0,
+            seed=config.seed,
+        )
+        held = list(base.params["held_out"])
+        if config.split_seen < 2:
+            everywhere = everywhere + list(base.params["removed_singles"])
+        everywhere = everywhere + held
+    split = holdout_split(
+        labels,
+        contexts,
+        everywhere=everywhere,
+        pairs=pairs,
+        control=config.control,
+        delimiter=config.delimiter,
+        name=kind if kind != "none" else "holdout",
+        params={"seed": config.seed, "perturbation_key": config.perturbation_key, "context_key": config.context_key},
+    )
+    if kind == "combo" and config.split_seen < 2:
+        # removed singles are unseen agents, not targets: keep the test set to the combinations
+        test_labels = set(held)
+        keep = np.array([labels[i] in test_labels for i in split.test])
+        from genailab.data.splits import Split
+
+        split = Split(
+            split.name,
+            train=split.train,
+            val=split.val,
+            test=split.test[keep],
+            params={
+                **split.params,
+                "excluded": sorted(set(split.params["excluded"]) | set(split.test[~keep].tolist())),
+            },
+        )
+    val_kind = _VAL_KIND.get(kind)
+    if val_kind is None:
+        val_kind = (
+            "pair"
+            if pairs and not everywhere
+            else "agent"
+            if any(len(parts[p]) == 1 for p in everywhere)
+            else ("combination")
+        )
+    return carve_validation(
+        split,
+        labels,
+        contexts,
+        kind=val_kind,
+        fraction=config.model.val_fraction,
+        seed=config.seed + 1,
+        control=config.control,
+        delimiter=config.delimiter,
+        eligible=[] if priors is None else list(priors.genes),
+    )
+
+
+def _split_all(
+    labels: np.ndarray, contexts: np.ndarray, parts: Mapping[str, tuple[str, ...]], config: Any, held: Any, priors: Any
+) -> Any:
+    """Every cell trains (a base model to adapt later); validation conditions are still carved for calibration."""
+    from genailab.data.perturbation_splits import carve_validation
+    from genailab.data.splits import Split
+
+    if held:
+        raise InvalidInputError("--split all trains on every cell; do not combine it with --holdout.")
+    empty = np.zeros(0, dtype=np.int64)
+    params = {"seed": config.seed, "perturbation_key": config.perturbation_key, "context_key": config.context_key,
+              "test_fraction": 0, "held_out": [], "held_out_pairs": [], "excluded": [], "control": config.control,
+              "delimiter": config.delimiter, "n_obs": len(labels)}  # fmt: skip
+    split = Split("all", train=np.arange(len(labels)), val=empty, test=empty, params=params)
+    combos = any(len(ps) > 1 for ps in parts.values())
+    return carve_validation(
+        split,
+        labels,
+        contexts,
+        kind="combination" if combos else "agent",
+        fraction=config.model.val_fraction,
+        seed=config.seed + 1,
+        control=config.control,
+        delimiter=config.delimiter,
+        eligible=[] if priors is None else list(priors.genes),
+    )
+
+
+def train_perturb(
+    data: str | Path,
+    out: str | Path,
+    *,
+    perturbation_key: str | None = None,
+    control: str | None = None,
+    context_key: str | None = None,
+    holdouts: Sequence[str] = (),
+    split: str | None = None,
+    gene_sets: Sequence[str] = (),
+    grn: Sequence[str] = (),
+    smiles: str | Path | None = None,
+    dose_key: str | None = None,
+    config_path: str | Path | None = None,
+    sets: list[str] | None = None,
+    seed: int | None = None,
+    vae_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """``genailab perturb train``: split, train the VAE on training cells, train and calibrate the ensemble."""
+    from genailab.data import read_h5ad
+    from genailab.workflows.runconfig import PerturbRunConfig, resolve_run_config
+
+    check_writable(out, argument="--out")
+    cli = {
+        "perturbation_key": perturbation_key,
+        "control": control,
+        "context_key": context_key,
+        "holdouts": list(holdouts) if holdouts else None,
+        "split": split,
+        "gene_sets": [str(Path(p).resolve()) for p in gene_sets] if gene_sets else None,
+        "grn": [str(Path(p).resolve()) for p in grn] if grn else None,
+        "smiles": str(Path(smiles).resolve()) if smiles else None,
+        "dose_key": dose_key,
+        "seed": seed,
+    }
+    config = resolve_run_config(config_path, list(sets or []), cli=cli, cls=PerturbRunConfig)
+    for path in (*config.gene_sets, *config.grn, *([config.smiles] if config.smiles else [])):
+        if not Path(path).is_file():
+            raise InvalidInputError(f"prior file {path!r} does not exist.")
+    adata = read_h5ad(data)
+    return train_perturb_on(adata, out, config, vae_dir=vae_dir, data_desc={"path": str(Path(data).resolve())})
+
+
+def train_perturb_on(
+    adata: Any,
+    out: str | Path,
+    config: Any,
+    *,
+    vae_dir: str | Path | None = None,
+    data_desc: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train a perturbation model on an AnnData (see :func:`train_perturb`); returns the run summary."""
+    from genailab.data import DataSpec, validate_counts
+    from genailab.data.splits import Split
+    from genailab.foundation.recipes import LatentTokenVAE, PerturbDeltaModel
+    from genailab.serialization import CONFIG_NAME
+    from genailab.training import seed_everything
+    from genailab.workflows.runconfig import VAERunConfig, versions
+    from genailab.workflows.synth import _check_same_run, train_vae_on
+
+    out = check_writable(out, argument="--out")
+    validate_counts(adata, layer=config.layer)
+    if config.context_key is not None and config.context_key not in config.model.context_keys:
+        config = config.replace(
+            model=config.model.replace(context_keys=(config.context_key, *config.model.context_keys))
+        )
+    data_desc = dict(data_desc or {}, n_obs=int(adata.n_obs), n_vars=int(adata.n_vars))
+    resolved = {"config": config.to_dict(), "seed": config.seed, "data": data_desc, "vae_dir": vae_dir and str(vae_dir)}
+    _check_same_run(out, resolved)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / RUN_CONFIG, {**resolved, "versions": versions()})
+    t0 = time.perf_counter()
+    seed_everything(config.seed)
+    priors = _load_priors(config, list(adata.var_names))
+    split_path = out / SPLIT
+    if split_path.is_file():
+        split = Split.load(split_path)  # resuming: the same split
+    else:
+        split = make_split(adata, config, priors)
+        split.save(split_path)
+    train_rows = split.train
+    vae_summary: dict[str, Any] | None = None
+    if vae_dir is not None:
+        vae_path = Path(vae_dir)
+    else:
+        vae_path = out / "vae"
+        if not (vae_path / CONFIG_NAME).is_file():
+            vae_cfg = VAERunConfig(
+                seed=config.seed,
+                preset=config.vae_preset,
+                data=DataSpec(layer=config.layer),
+                train=config.vae_train,
+                vae=config.vae,
+            )
+            vae_summary = train_vae_on(adata[train_rows].copy(), vae_path, vae_cfg, data_desc=data_desc)
+    vae = LatentTokenVAE.from_pretrained(vae_path)
+    t_vae = time.perf_counter() - t0
+    seed_everything(config.seed)
+    model = PerturbDeltaModel.from_anndata(
+        adata[train_rows],
+        vae,
+        perturbation_key=config.perturbation_key,
+        control=config.control,
+        delimiter=config.delimiter,
+        dose_key=config.dose_key,
+        priors=priors,
+        config=config.model,
+        backbone=config.backbone,
+        backbone_preset=config.backbone_preset,
+        backbone_overrides=dict(config.backbone_config),
+    )
+    _check_priors_cover(model, adata, split, config)
+    results = model.fit(adata, train_rows, split.val, config.train, out_dir=out, seed=config.seed)
+    model.save_pretrained(out, vae_dir=vae_path)
+    n_trainable = sum(p.numel() for p in model.nets.parameters() if p.requires_grad)
+    summary = {
+        **resolved,
+        "model_dir": str(out),
+        "split": {"name": split.name, **split.sizes, "val_conditions": split.params.get("val_conditions", [])},
+        "held_out": split.params.get("held_out", []),
+        "held_out_pairs": split.params.get("held_out_pairs", []),
+        "vae": {"dir": str(vae_path), "wall_s": t_vae, "metrics": (vae_summary or {}).get("metrics", {})},
+        "n_trainable_parameters": n_trainable,
+        "n_frozen_parameters": sum(p.numel() for p in model.vae.parameters()),
+        "calibrated": model.calibrator is not None,
+        "seen_ood_scores": model.seen_ood_scores,
+        "members": [r.to_dict() for r in results],
+        "wall_s": time.perf_counter() - t0,
+        "versions": versions(),
+    }
+    atomic_write_json(out / RUN_SUMMARY, summary)
+    return summary
+
+
+def _check_priors_cover(model: Any, adata: Any, split: Any, config: Any) -> None:
+    """Refuse a split whose held-out agents the model could never embed."""
+    labels = obs_labels(adata, config.perturbation_key, "--perturbation-key")
+    for label in sorted(set(labels[split.test].tolist()) | set(labels[split.val].tolist())):
+        model.vocab.encode([label])  # raises UnknownLabelError naming the agent without priors
+
+
+def predict_perturb(
+    model_dir: str | Path,
+    controls: str | Path,
+    perturbation: str,
+    out: str | Path,
+    *,
+    context: str | None = None,
+    allow_ood: bool = False,
+    seed: int = 0,
+    dose: str | None = None,
+) -> dict[str, Any]:
+    """``genailab perturb predict``: one predicted perturbed cell per control cell, written to ``out``."""
+    from genailab.data import read_h5ad
+    from genailab.foundation.recipes import PerturbDeltaModel
+    from genailab.io import write_h5ad
+
+    out = check_writable(out, argument="--out")
+    model = PerturbDeltaModel.from_pretrained(model_dir)
+    adata = read_h5ad(controls)
+    ctx = None
+    if context is not None:
+        keys = model.config.context_keys
+        if not keys:
+            raise InvalidInputError("--context was given but this model has no context key.")
+        values = context.split("|")
+        if len(values) != len(keys):
+            raise InvalidInputError(f"--context {context!r} must give {len(keys)} value(s) joined by '|' for {keys}.")
+        ctx = dict(zip(keys, values, strict=True))
+    pred = model.predict(adata, perturbation, context=ctx, allow_ood=allow_ood, seed=seed, dose=dose)
+    write_h5ad(pred, out)
+    info = dict(pred.uns["genailab_perturb"])
+    atomic_write_json(
+        out.with_name(out.name + ".json"),
+        {
+            **info,
+            "model_dir": str(Path(model_dir).resolve()),
+            "controls": str(Path(controls).resolve()),
+            "n_cells": int(pred.n_obs),
+        },
+    )
+    return {**info, "n_cells": int(pred.n_obs), "out": str(out)}
+
+
+def evaluate_perturb(
+    model_dir: str | Path,
+    data: str | Path | Any,
+    out: str | Path,
+    *,
+    gene_sets: Sequence[str] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``genailab perturb evaluate``: the model and every baseline on the test split saved in ``model_dir``."""
+    from genailab.constants import BATCH_KEYS
+    from genailab.data import read_h5ad
+    from genailab.data.counts import log_normalize
+    from genailab.data.gene_sets import read_gmt
+    from genailab.data.splits import Split
+    from genailab.evaluation.baselines import BASELINES
+    from genailab.evaluation.perturbation import (
+        QueryPrediction,
+        QueryTruth,
+        evaluate_perturbation_predictions,
+        write_perturbation_report,
+    )
+    from genailab.evaluation.pseudobulk import pseudobulk
+    from genailab.foundation.recipes import PerturbDeltaModel
+
+    out = check_writable(out, argument="--out")
+    d = Path(model_dir)
+    model = PerturbDeltaModel.from_pretrained(d)
+    split = Split.load(d / SPLIT)
+    run_cfg = _read_run_config(d)
+    adata = read_h5ad(data) if isinstance(data, (str, Path)) else data
+    if int(split.params.get("n_obs", adata.n_obs)) != adata.n_obs:
+        raise InvalidInputError(
+            f"the split in {str(d)!r} is for {split.params.get('n_obs')} cells but DATA has {adata.n_obs}; "
+            "evaluate on the data the model was trained on."
+        )
+    key, control = model.perturbation_key, model.vocab.control
+
+    labels = obs_labels(adata, key, "perturbation_key")
+    contexts = model.context_labels(adata)
+    tmp = adata.copy()
+    tmp.obs["_genailab_context"] = contexts
+    train_pb = pseudobulk(tmp, key, context_key="_genailab_context", control=control,
+                          delimiter=model.vocab.delimiter, indices=split.train)  # fmt: skip
+    baselines = {}
+    for name in BASELINES.names():
+        try:
+            baselines[name] = BASELINES.get(name)().fit(train_pb, priors=model.priors)
+        except InvalidInputError:
+            continue  # e.g. the linear model without gene priors
+    test = split.test
+    queries = sorted({(labels[r], contexts[r]) for r in test.tolist()})
+    # latents of every control cell, computed once for all queries
+    cells = model.cell_data(adata, np.flatnonzero(labels == control))
+    counts_ds = cells.counts_ds
+    truths, preds = [], {"genailab": [], **{n: [] for n in baselines}}
+    for condition, ctx in queries:
+        rows = test[(labels[test] == condition) & (contexts[test] == ctx)]
+        ctrl_rows = np.flatnonzero((labels == control) & (contexts == ctx))
+        if len(ctrl_rows) == 0:
+            raise InvalidInputError(f"no control cells in context {ctx!r} to predict {condition!r} from.")
+        pert_x = log_normalize(counts_ds[rows.tolist()][BATCH_KEYS.COUNTS].numpy())
+        ctrl_x = log_normalize(counts_ds[ctrl_rows.tolist()][BATCH_KEYS.COUNTS].numpy())
+        truths.append(QueryTruth(condition=condition, context=ctx, perturbed=pert_x, control=ctrl_x))
+        codes = model.context_codes(adata[ctrl_rows[:1]])[0]
+        pred, _ = model.query(adata, ctrl_rows, condition, cells=cells, context_codes=codes, seed=seed)
+        preds["genailab"].append(
+            QueryPrediction(
+                mean=pred.mean, sigma=pred.sigma, cells=log_normalize(pred.counts), ood_score=pred.ood_score
+            )
+        )
+        for name, base in baselines.items():
+            m = base.predict(condition, ctx)
+            preds[name].append(None if m is None else QueryPrediction(mean=np.asarray(m, dtype=np.float64)))
+    sets = {}
+    for path in gene_sets if gene_sets is not None else list(run_cfg.get("gene_sets", []))[:1]:
+        sets.update(read_gmt(path))
+    evaluation = evaluate_perturbation_predictions(
+        truths,
+        preds,
+        genes=list(model.vae.genes),
+        gene_sets=sets or None,
+        calibrator={"genailab": model.calibrator} if model.calibrator is not None else None,
+        seen_ood_scores={"genailab": model.seen_ood_scores} if model.seen_ood_scores else None,
+        seed=seed,
+    )
+    paths = write_perturbation_report(evaluation, out, truths=truths, predictions=preds,
+                                      title=f"Perturbation evaluation: {split.name} split")  # fmt: skip
+    summary = {
+        "model_dir": str(d.resolve()),
+        "split": split.name,
+        "n_queries": len(queries),
+        "methods": list(preds),
+        "summary": evaluation.to_dict()["summary"],
+        "uncertainty": evaluation.to_dict()["uncertainty"],
+        "files": {k: str(v) for k, v in paths.items()},
+        "seed": seed,
+    }
+    atomic_write_json(out / "evaluate.json", summary)
+    return summary
+
+
+def _read_run_config(d: Path) -> dict[str, Any]:
+    import json
+
+    p = d / RUN_CONFIG
+    if not p.is_file():
+        return {}
+    return dict(json.loads(p.read_text(encoding="utf-8")).get("config", {}))

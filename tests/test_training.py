@@ -25,7 +25,7 @@ def test_frozen_recipe_is_refused():
     model = LatentTokenVAE.from_anndata(adata, DataSpec(), preset="tiny")
     for p in model.parameters():
         p.requires_grad_(False)
-    loader = make_dataloader(model._dataset(adata), batch_size=16)
+    loader = make_dataloader(model.count_dataset(adata), batch_size=16)
     with pytest.raises(InvalidInputError, match="no trainable parameters"):
         fit_recipe(model, loader, None, TrainConfig(max_epochs=1, progress_bar=False))
 
@@ -33,7 +33,7 @@ def test_frozen_recipe_is_refused():
 def test_bf16_mixed_precision_trains():
     adata = make_count_adata(n_obs=32, n_vars=16)
     model = LatentTokenVAE.from_anndata(adata, DataSpec(), preset="tiny")
-    loader = make_dataloader(model._dataset(adata), batch_size=16)
+    loader = make_dataloader(model.count_dataset(adata), batch_size=16)
     cfg = TrainConfig(max_epochs=1, progress_bar=False, precision="bf16-mixed", accelerator="cpu")
     result = fit_recipe(model, loader, None, cfg)
     assert result.steps == 2
@@ -46,7 +46,7 @@ def test_ddp_spawn_two_cpu_processes_shard_the_data(tmp_path):
     adata = make_count_adata(n_obs=64, n_vars=16)
     model = LatentTokenVAE.from_anndata(adata, DataSpec(), preset="tiny")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    loader = make_dataloader(model._dataset(adata), batch_size=16, shuffle=True)
+    loader = make_dataloader(model.count_dataset(adata), batch_size=16, shuffle=True)
     cfg = TrainConfig(
         max_epochs=1,
         progress_bar=False,

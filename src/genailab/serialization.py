@@ -1,5 +1,11 @@
 """Save and load model directories: ``config.json`` + ``model.safetensors`` (+ named JSON extras).
 
+This module is the one home of what model directories share: the config and weight files, the
+directory hashes that identify a base model (:func:`hash_model_dir` for adapted models' bases,
+:func:`hash_config_and_weights` for a VAE referred to by ``vae_source.json``), the VAE reference itself
+(:func:`write_vae_reference`, :func:`resolve_vae_reference`, :func:`check_vae_reference`) and the test
+for an adapted directory (:func:`is_adapted_dir`).
+
 No pickle anywhere: weights are safetensors, everything else is JSON. Loading checks, in order, that
 the directory exists, that ``config.json`` parses and names the expected class, that the library
 version is compatible, that the weights file is a complete safetensors file, and that every tensor
@@ -9,6 +15,7 @@ name and shape matches the model built from the config. Each failure is a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -23,18 +30,32 @@ from genailab.errors import CheckpointError
 from genailab.io import atomic_write, atomic_write_json
 
 __all__ = [
+    "ADAPTER_NAME",
     "CONFIG_NAME",
+    "VAE_DIR",
+    "VAE_SOURCE",
     "WEIGHTS_NAME",
+    "check_vae_reference",
     "check_version",
+    "hash_config_and_weights",
+    "hash_model_dir",
+    "is_adapted_dir",
     "load_state_dict_strict",
     "read_config",
     "read_json",
+    "resolve_vae_reference",
     "save_weights",
     "write_config",
+    "write_vae_reference",
 ]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: Where a model directory keeps its own copy of the VAE, and the file that refers to the VAE it uses.
+VAE_DIR = "vae"
+VAE_SOURCE = "vae_source.json"
+#: The file that marks an adapted directory (a base model's path and hash plus the trained modules).
+ADAPTER_NAME = "adapter.json"
 
 
 def write_config(directory: Path, class_name: str, config: Mapping[str, Any], **extra: Any) -> None:
@@ -130,3 +151,70 @@ def load_state_dict_strict(directory: Path, module: nn.Module, name: str = WEIGH
         )
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
     torch.nn.Module.train(module, False)
+
+
+def hash_model_dir(directory: str | os.PathLike[str]) -> str:
+    """SHA-256 over ``config.json`` and every ``*.safetensors`` file, names included (identifies an adapter's base).
+
+    Parameters
+    ----------
+    directory
+        A model directory.
+    """
+    d = Path(directory)
+    h = hashlib.sha256()
+    for path in [d / CONFIG_NAME, *sorted(d.glob("*.safetensors"))]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def hash_config_and_weights(directory: str | os.PathLike[str]) -> str:
+    """SHA-256 over ``config.json`` then ``model.safetensors`` (identifies the VAE a model refers to).
+
+    Kept apart from :func:`hash_model_dir` because ``vae_source.json`` files written since 0.1.0 hold this
+    hash, and they must keep loading.
+    """
+    d = Path(directory)
+    h = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        h.update((d / name).read_bytes())
+    return h.hexdigest()
+
+
+def is_adapted_dir(directory: str | os.PathLike[str]) -> bool:
+    """Whether ``directory`` holds an adapted model (an ``adapter.json`` beside ``config.json``)."""
+    return (Path(directory) / ADAPTER_NAME).is_file()
+
+
+def write_vae_reference(directory: Path, vae_dir: Path) -> dict[str, str]:
+    """Write ``directory/vae_source.json``: the VAE's path, ``"vae"`` when it is the directory's own copy, and hash.
+
+    Returns
+    -------
+    dict
+        The reference written (``path``, ``relative``, ``sha256``).
+    """
+    inside = vae_dir.resolve() == (directory / VAE_DIR).resolve()
+    source = {
+        "path": str(vae_dir.resolve()),
+        "relative": VAE_DIR if inside else "",
+        "sha256": hash_config_and_weights(vae_dir),
+    }
+    atomic_write_json(directory / VAE_SOURCE, source)
+    return source
+
+
+def resolve_vae_reference(directory: Path) -> tuple[Path, dict[str, Any]]:
+    """Read ``directory/vae_source.json`` and return the VAE directory it refers to, with the reference."""
+    source = read_json(directory / VAE_SOURCE, what=f"model directory {str(directory)!r}")
+    vae_dir = directory / source["relative"] if source.get("relative") else Path(source["path"])
+    return vae_dir, source
+
+
+def check_vae_reference(vae_dir: Path, source: Mapping[str, Any]) -> None:
+    """Refuse a VAE whose hash differs from the one recorded when the model was trained."""
+    if hash_config_and_weights(vae_dir) != source.get("sha256"):
+        raise CheckpointError(
+            f"the VAE in {str(vae_dir)!r} differs from the one this model was trained on (hash mismatch)."
+        )

@@ -24,7 +24,7 @@ def _model(adata, **over):
 
 
 def _batch(model, adata):
-    return next(iter(make_dataloader(model._dataset(adata), batch_size=16, shuffle=False)))
+    return next(iter(make_dataloader(model.count_dataset(adata), batch_size=16, shuffle=False)))
 
 
 def test_config_validation_lists_choices():
@@ -102,7 +102,7 @@ def test_resume_continues_from_last_checkpoint(tiny_adata, tmp_path):
 
 def test_posterior_sampling_and_reconstruction(tiny_adata):
     model = _model(tiny_adata)
-    model.calibrate(make_dataloader(model._dataset(tiny_adata), batch_size=32, shuffle=False))
+    model.calibrate(make_dataloader(model.count_dataset(tiny_adata), batch_size=32, shuffle=False))
     draws = model.sample_posterior(tiny_adata, n_samples=3, seed=0)
     assert draws.shape == (3, 96, 4, 8)
     rec = model.reconstruct(tiny_adata, sample=True, seed=0)

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from genailab.config import Config, apply_overrides, check_positive, load_yaml_overrides, parse_set_options
 from genailab.data import DataSpec
 from genailab.errors import InvalidInputError
+from genailab.foundation.backbones import backbone_config
 from genailab.foundation.recipes.distill import DistillConfig
 from genailab.foundation.recipes.latent_diffusion import LatentDiffusionConfig
 from genailab.foundation.recipes.perturb.model import PerturbDeltaConfig
@@ -159,19 +160,14 @@ def _check_passthrough(section: str, items: tuple[tuple[str, str], ...], probe: 
 
 def _check_stack(config: Any) -> None:
     """Validate the VAE preset and overrides and the backbone, preset and overrides of a run config."""
-    from genailab.foundation.backbones import BACKBONES
-
     if config.vae_preset not in PRESETS:
         raise InvalidInputError(
             f"vae_preset={config.vae_preset!r} is not allowed; expected one of {', '.join(PRESETS)}."
         )
     _check_passthrough("vae", config.vae, LatentTokenVAEConfig.tiny(1, n_batches=1), _VAE_FIXED)
-    backbone_cls = BACKBONES.get(config.backbone)
-    preset = getattr(backbone_cls.config_class, config.backbone_preset, None)
-    if preset is None:
-        raise InvalidInputError(f"backbone {config.backbone!r} has no preset {config.backbone_preset!r}.")
+    probe = backbone_config(config.backbone, config.backbone_preset, 4, 8)
     fixed = {"n_tokens", "token_dim", "n_cond_tokens", "cond_dim", "out_dim"}
-    _check_passthrough("backbone_config", config.backbone_config, preset(4, 8), fixed)
+    _check_passthrough("backbone_config", config.backbone_config, probe, fixed)
 
 
 def versions() -> dict[str, str]:

@@ -17,3 +17,21 @@ from genailab.foundation.backbones.dit import DiT, DiTBlock, DiTConfig  # noqa: 
 from genailab.foundation.backbones.unet import UNet1D, UNet1DConfig  # noqa: E402
 
 __all__ += ["DiT", "DiTBlock", "DiTConfig", "UNet1D", "UNet1DConfig"]
+
+from genailab.foundation.backbones.presets import (  # noqa: E402
+    backbone_config,
+    backbone_from_dict,
+    backbone_name,
+    backbone_presets,
+    backbone_to_dict,
+    build_backbone,
+)
+
+__all__ += [
+    "backbone_config",
+    "backbone_from_dict",
+    "backbone_name",
+    "backbone_presets",
+    "backbone_to_dict",
+    "build_backbone",
+]

@@ -8,6 +8,7 @@
   calibrated deep ensemble with an OOD score (``perturb_delta_latent``).
 """
 
+from genailab.foundation.recipes.adapted import is_adapted_dir, load_model
 from genailab.foundation.recipes.distill import (
     DistillConfig,
     DistilledStudent,
@@ -29,6 +30,8 @@ from genailab.foundation.recipes.perturb.model import (
 from genailab.foundation.recipes.vae.model import LatentTokenDecoder, LatentTokenVAE, LatentTokenVAEConfig
 
 __all__ = [
+    "is_adapted_dir",
+    "load_model",
     "FORMULATIONS",
     "DistillConfig",
     "DistilledStudent",

@@ -18,7 +18,6 @@ the same method and loads the trained parameters, so the directory stays small.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,7 +31,15 @@ from genailab._version import __version__
 from genailab.data.spec import obs_labels
 from genailab.errors import CheckpointError, InvalidInputError
 from genailab.io import atomic_write_json, check_writable
-from genailab.serialization import CONFIG_NAME, read_config, read_json, write_config
+from genailab.serialization import (
+    ADAPTER_NAME,
+    CONFIG_NAME,
+    hash_model_dir,
+    is_adapted_dir,
+    read_config,
+    read_json,
+    write_config,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -49,29 +56,14 @@ __all__ = [
     "hash_model_dir",
     "is_adapted_dir",
     "load_adapted",
+    "load_model",
     "prepare_perturbation",
     "prepare_synthesis",
     "save_adapted",
 ]
 
-ADAPTER_NAME = "adapter.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 KINDS = ("synthesis", "perturbation")
-
-
-def hash_model_dir(directory: str | Path) -> str:
-    """SHA-256 over a model directory's ``config.json`` and weight files (identifies a base model)."""
-    d = Path(directory)
-    h = hashlib.sha256()
-    for path in [d / CONFIG_NAME, *sorted(d.glob("*.safetensors"))]:
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def is_adapted_dir(directory: str | Path) -> bool:
-    """Whether ``directory`` holds an adapted model (an ``adapter.json`` beside ``config.json``)."""
-    return (Path(directory) / ADAPTER_NAME).is_file()
 
 
 def _new_labels(adata: AnnData, key: str, known: Sequence[str]) -> list[str]:
@@ -423,4 +415,42 @@ def load_adapted(directory: str | Path) -> nn.Module:
     model.adapter_info = info
     model.requires_grad_(False)
     model.eval()
+    return model
+
+
+def load_model(directory: str | Path, expected: type[nn.Module] | None = None) -> nn.Module:
+    """Load any genailab model directory: a plain one (by the class named in its ``config.json``) or an adapted one.
+
+    Parameters
+    ----------
+    directory
+        A directory written by ``save_pretrained``, ``save_adapted`` or ``save_distilled``.
+    expected
+        Refuse a directory that does not hold this class (or a subclass).
+
+    Raises
+    ------
+    CheckpointError
+        Missing or corrupt directory, an unknown class, or not ``expected``.
+    """
+    from genailab.foundation.recipes.latent_diffusion import LatentDiffusionModel
+    from genailab.foundation.recipes.perturb import PerturbDeltaModel
+    from genailab.foundation.recipes.vae import LatentTokenVAE
+
+    d = Path(directory)
+    if is_adapted_dir(d):
+        model = load_adapted(d)
+    else:
+        if not d.is_dir():
+            raise CheckpointError(f"model directory {str(d)!r} does not exist or is not a directory.")
+        payload = read_json(d / CONFIG_NAME, what=f"model directory {str(d)!r}")
+        classes = {c.__name__: c for c in (LatentTokenVAE, LatentDiffusionModel, PerturbDeltaModel)}
+        name = payload.get("_class_name") if isinstance(payload, dict) else None
+        if name not in classes:
+            raise CheckpointError(
+                f"{str(d)!r} holds a {name!r}, not a genailab model; expected one of {sorted(classes)}."
+            )
+        model = classes[name].from_pretrained(d)
+    if expected is not None and not isinstance(model, expected):
+        raise CheckpointError(f"{str(d)!r} holds a {type(model).__name__}, not a {expected.__name__}.")
     return model

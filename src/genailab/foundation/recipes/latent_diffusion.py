@@ -13,7 +13,6 @@ changed conditions (SDEdit, Meng et al. 2022, arXiv:2108.01073).
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,10 +24,10 @@ import torch
 from torch import nn
 
 from genailab._version import __version__
-from genailab.config import Config, apply_overrides, check_fraction, check_positive
+from genailab.config import Config, check_fraction, check_positive
 from genailab.constants import ADATA_KEYS, BATCH_KEYS
 from genailab.errors import CheckpointError, InvalidInputError, MissingKeyError, UnknownLabelError
-from genailab.foundation.backbones import BACKBONES
+from genailab.foundation.backbones import BACKBONES, backbone_config, backbone_to_dict, build_backbone
 from genailab.foundation.conditioning import ConditionEncoder, ConditionEncoderConfig
 from genailab.foundation.objectives import LossOutput
 from genailab.foundation.recipes.vae.model import LatentTokenVAE
@@ -36,11 +35,15 @@ from genailab.foundation.tuning import apply_freeze
 from genailab.io import atomic_write_json, check_writable
 from genailab.serialization import (
     CONFIG_NAME,
+    VAE_DIR,
+    check_vae_reference,
     load_state_dict_strict,
     read_config,
     read_json,
+    resolve_vae_reference,
     save_weights,
     write_config,
+    write_vae_reference,
 )
 
 if TYPE_CHECKING:
@@ -50,7 +53,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LatentDiffusionConfig", "LatentDiffusionModel"]
 
-VAE_DIR = "vae"
 BACKBONE_CONFIG = "backbone_config.json"
 CONDITIONING_CONFIG = "conditioning_config.json"
 
@@ -106,14 +108,6 @@ def _check_guidance(scale: float | Mapping[str, float]) -> None:
     for name, s in items:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
             raise InvalidInputError(f"guidance scale {name}={s!r} must be a finite number.")
-
-
-def _hash_dir(directory: Path) -> str:
-    """SHA-256 over a model directory's config and weights (identifies a base model)."""
-    h = hashlib.sha256()
-    for name in (CONFIG_NAME, "model.safetensors"):
-        h.update((directory / name).read_bytes())
-    return h.hexdigest()
 
 
 class LatentDiffusionModel(nn.Module):
@@ -234,14 +228,10 @@ class LatentDiffusionModel(nn.Module):
                 dropout=tuple(config.condition_dropout for _ in keys),
             )
         )
-        backbone_cls = BACKBONES.get(backbone)
         m, d = vae.config.latent_shape
-        preset = getattr(backbone_cls.config_class, backbone_preset, None)
-        if preset is None:
-            raise InvalidInputError(f"backbone {backbone!r} has no preset {backbone_preset!r}.")
-        bconf = preset(m, d, n_cond_tokens=len(keys), cond_dim=config.condition_dim if keys else 0)
-        bconf = apply_overrides(bconf, dict(backbone_overrides or {}))
-        return cls(backbone_cls(bconf), cond, vae, vae, config)
+        cond_dim = config.condition_dim if keys else 0
+        bconf = backbone_config(backbone, backbone_preset, m, d, len(keys), cond_dim, overrides=backbone_overrides)
+        return cls(build_backbone(backbone, bconf), cond, vae, vae, config)
 
     # ------------------------------------------------------------------ conditions
     def _condition_columns(self) -> list[tuple[str, bool, int]]:
@@ -689,18 +679,10 @@ class LatentDiffusionModel(nn.Module):
         if vae_dir is None:
             vae_dir = d / VAE_DIR
             self.vae.save_pretrained(vae_dir)
-        vae_dir = Path(vae_dir)
-        source = {
-            "path": str(vae_dir.resolve() if vae_dir.is_absolute() or vae_dir.parent != d else vae_dir),
-            "relative": VAE_DIR if vae_dir.resolve() == (d / VAE_DIR).resolve() else "",
-            "sha256": _hash_dir(vae_dir),
-        }
         save_weights(d, self.trained_modules())
-        atomic_write_json(
-            d / BACKBONE_CONFIG, {"name": _backbone_name(self.backbone), **self.backbone.config.to_dict()}
-        )
+        atomic_write_json(d / BACKBONE_CONFIG, backbone_to_dict(self.backbone))
         atomic_write_json(d / CONDITIONING_CONFIG, self.conditioning.config.to_dict())
-        atomic_write_json(d / "vae_source.json", source)
+        write_vae_reference(d, Path(vae_dir))
         write_config(d, type(self).__name__, self.config.to_dict())
         return d
 
@@ -729,23 +711,12 @@ class LatentDiffusionModel(nn.Module):
             )
         except (InvalidInputError, TypeError, KeyError) as err:
             raise CheckpointError(f"model directory {str(d)!r} holds an invalid config: {err}") from err
-        source = read_json(d / "vae_source.json", what=f"model directory {str(d)!r}")
-        vae_dir = d / source["relative"] if source.get("relative") else Path(source["path"])
+        vae_dir, source = resolve_vae_reference(d)
         vae = LatentTokenVAE.from_pretrained(vae_dir)
-        if _hash_dir(vae_dir) != source.get("sha256"):
-            raise CheckpointError(
-                f"the VAE in {str(vae_dir)!r} differs from the one this model was trained on (hash mismatch)."
-            )
+        check_vae_reference(vae_dir, source)
         model = cls(backbone_cls(bconf), ConditionEncoder(cconf), vae, vae, config)
         load_state_dict_strict(d, model.trained_modules())
         model.reset_ema()  # the EMA restarts from the loaded weights (not the random init it was copied from)
         model.vae_source = source
         model.eval()
         return model
-
-
-def _backbone_name(backbone: nn.Module) -> str:
-    for name in BACKBONES.names():
-        if BACKBONES.get(name) is type(backbone):
-            return name
-    raise InvalidInputError(f"backbone {type(backbone).__name__} is not registered in BACKBONES.")

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -59,7 +58,13 @@ from genailab._version import __version__
 from genailab.config import Config, check_choice, check_positive
 from genailab.constants import BATCH_KEYS
 from genailab.errors import InvalidInputError
-from genailab.foundation.backbones import BACKBONES, BackboneConfig
+from genailab.foundation.backbones import (
+    BACKBONES,
+    backbone_config,
+    backbone_name,
+    backbone_presets,
+    build_backbone,
+)
 from genailab.foundation.conditioning import ConditionEncoder
 from genailab.foundation.objectives import (
     FeatureProjection,
@@ -67,11 +72,7 @@ from genailab.foundation.objectives import (
     feature_matching_loss,
     output_matching_loss,
 )
-from genailab.foundation.recipes.latent_diffusion import (
-    LatentDiffusionConfig,
-    LatentDiffusionModel,
-    _backbone_name,
-)
+from genailab.foundation.recipes.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
 from genailab.io import atomic_write, atomic_write_json, check_writable
 
 if TYPE_CHECKING:
@@ -102,19 +103,6 @@ NOISE_KEY = "noise"
 STOCHASTIC_SAMPLERS = ("ddpm",)
 #: Most pairs the fidelity check in the report samples again (student and teacher at ``steps``).
 _FIDELITY_PAIRS = 512
-
-
-def backbone_presets(name: str) -> tuple[str, ...]:
-    """Size presets (classmethods such as ``tiny``, ``small``) of the registered backbone ``name``."""
-    cls = BACKBONES.get(name).config_class
-    inherited = set(dir(BackboneConfig))
-    return tuple(
-        sorted(
-            n
-            for n in dir(cls)
-            if not n.startswith("_") and n not in inherited and isinstance(inspect.getattr_static(cls, n), classmethod)
-        )
-    )
 
 
 def _check_preset(backbone: str, preset: str) -> None:
@@ -415,9 +403,7 @@ def build_student(teacher: LatentDiffusionModel, config: DistillConfig) -> Laten
     InvalidInputError
         If the preset is not one of the student backbone's presets.
     """
-    name = config.student_backbone or _backbone_name(teacher.backbone)
-    _check_preset(name, config.student_preset)
-    backbone_cls = BACKBONES.get(name)
+    name = config.student_backbone or backbone_name(teacher.backbone)
     keys = teacher.config.condition_keys
     m, d = teacher.vae.config.latent_shape
     tc = teacher.conditioning
@@ -425,8 +411,9 @@ def build_student(teacher: LatentDiffusionModel, config: DistillConfig) -> Laten
     state = dict(tc.state_dict())
     state["p_drop"] = conditioning.p_drop.clone()  # keep the student's zero dropout
     conditioning.load_state_dict(state)
-    preset = getattr(backbone_cls.config_class, config.student_preset)
-    bconf = preset(m, d, n_cond_tokens=len(keys), cond_dim=tc.config.dim if keys else 0)
+    bconf = backbone_config(
+        name, config.student_preset, m, d, len(keys), tc.config.dim if keys else 0, argument="student_preset"
+    )
     student_config = LatentDiffusionConfig(
         objective="flow",
         condition_keys=keys,
@@ -437,7 +424,7 @@ def build_student(teacher: LatentDiffusionModel, config: DistillConfig) -> Laten
         guidance_scale=1.0,
         ema_decay=teacher.config.ema_decay,
     )
-    student = LatentDiffusionModel(backbone_cls(bconf), conditioning, teacher.vae, teacher.vae, student_config)
+    student = LatentDiffusionModel(build_backbone(name, bconf), conditioning, teacher.vae, teacher.vae, student_config)
     return student.to(_device(teacher))
 
 
@@ -729,7 +716,7 @@ def distill_latent_diffusion(
         "train_config": train.to_dict(),
         "terms": [name for name, on in active.items() if on],
         "teacher": {
-            "backbone": _backbone_name(teacher.backbone),
+            "backbone": backbone_name(teacher.backbone),
             "n_params": t_params,
             "objective": teacher.config.objective,
             "sampler": config.teacher_sampler,
@@ -738,7 +725,7 @@ def distill_latent_diffusion(
             "vae_source": teacher.vae_source,
         },
         "student": {
-            "backbone": _backbone_name(student.backbone),
+            "backbone": backbone_name(student.backbone),
             "preset": config.student_preset,
             "n_params": s_params,
             "sampler": student.config.sampler,

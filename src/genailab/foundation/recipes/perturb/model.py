@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from genailab.config import Config, apply_overrides, check_fraction, check_positive
+from genailab.config import Config, check_fraction, check_positive
 from genailab.constants import BATCH_KEYS
 from genailab.data.spec import obs_labels
 from genailab.errors import CheckpointError, InvalidInputError, MissingKeyError
-from genailab.foundation.backbones import BACKBONES
+from genailab.foundation.backbones import BACKBONES, backbone_config, backbone_to_dict, build_backbone
 from genailab.foundation.conditioning import ConditionEncoder, ConditionEncoderConfig
 from genailab.foundation.objectives import LossOutput
 from genailab.foundation.perturbation.encoders import (
@@ -46,7 +46,6 @@ from genailab.foundation.perturbation.encoders import (
     PerturbationEncoderConfig,
 )
 from genailab.foundation.perturbation.vocab import PerturbationVocab
-from genailab.foundation.recipes.latent_diffusion import _backbone_name, _hash_dir
 from genailab.foundation.recipes.vae.model import LatentTokenVAE
 from genailab.foundation.tuning import apply_freeze
 from genailab.io import atomic_write_json, check_writable
@@ -55,11 +54,15 @@ from genailab.nn import log_normalize as log_normalize_tensor
 from genailab.registry import Registry
 from genailab.serialization import (
     CONFIG_NAME,
+    VAE_DIR,
+    check_vae_reference,
     load_state_dict_strict,
     read_config,
     read_json,
+    resolve_vae_reference,
     save_weights,
     write_config,
+    write_vae_reference,
 )
 
 if TYPE_CHECKING:
@@ -79,7 +82,6 @@ __all__ = [
 
 FORMULATIONS: Registry = Registry("perturbation formulation")
 FINETUNE = ("none", "decoder")
-VAE_DIR = "vae"
 _K = {  # keys of a training batch
     "z_control": "z_control",
     "z_target": "z_target",
@@ -634,12 +636,10 @@ class PerturbDeltaModel(nn.Module):
     ) -> PerturbDeltaNet:
         """One fresh member sized for the VAE's latent, the vocabulary and the contexts."""
         m, d = vae.config.latent_shape
-        backbone_cls = BACKBONES.get(backbone)
-        preset = getattr(backbone_cls.config_class, backbone_preset, None)
-        if preset is None:
-            raise InvalidInputError(f"backbone {backbone!r} has no preset {backbone_preset!r}.")
         n_cond = 1 + len(config.context_keys)
-        bconf = apply_overrides(preset(m, d, n_cond, config.perturbation_dim), dict(backbone_overrides or {}))
+        bconf = backbone_config(
+            backbone, backbone_preset, m, d, n_cond, config.perturbation_dim, overrides=backbone_overrides
+        )
         econf = PerturbationEncoderConfig(
             n_vocab=len(vocab.agents),
             n_trained=vocab.n_trained,
@@ -656,7 +656,7 @@ class PerturbDeltaModel(nn.Module):
                 dim=config.perturbation_dim,
                 dropout=(config.context_dropout,) * len(config.context_keys),
             )
-        return PerturbDeltaNet(config, econf, cconf, backbone_cls(bconf))
+        return PerturbDeltaNet(config, econf, cconf, build_backbone(backbone, bconf))
 
     @classmethod
     def from_anndata(
@@ -1183,9 +1183,6 @@ class PerturbDeltaModel(nn.Module):
         if vae_dir is None:
             vae_dir = d / VAE_DIR
             self.vae.save_pretrained(vae_dir)
-        vae_dir = Path(vae_dir)
-        inside = vae_dir.resolve() == (d / VAE_DIR).resolve()
-        source = {"path": str(vae_dir.resolve()), "relative": VAE_DIR if inside else "", "sha256": _hash_dir(vae_dir)}
         for k, net in enumerate(self.nets):
             save_weights(d, net, name=f"member_{k}.safetensors")
             if self.decoders[k] is not None:
@@ -1193,9 +1190,7 @@ class PerturbDeltaModel(nn.Module):
         if self.priors is not None:
             self.priors.save(d)
         net0 = self.nets[0]
-        atomic_write_json(
-            d / "backbone_config.json", {"name": _backbone_name(net0.backbone), **net0.backbone.config.to_dict()}
-        )
+        atomic_write_json(d / "backbone_config.json", backbone_to_dict(net0.backbone))
         atomic_write_json(
             d / "perturbation.json",
             {
@@ -1215,7 +1210,7 @@ class PerturbDeltaModel(nn.Module):
                 "val_conditions": self.val_conditions,
             },
         )
-        atomic_write_json(d / "vae_source.json", source)
+        write_vae_reference(d, Path(vae_dir))
         write_config(d, type(self).__name__, self.config.to_dict())
         return d
 
@@ -1250,11 +1245,9 @@ class PerturbDeltaModel(nn.Module):
             calib = read_json(d / "calibration.json", what=what)
         except (InvalidInputError, TypeError, KeyError) as err:
             raise CheckpointError(f"{what} holds an invalid config: {err}") from err
-        source = read_json(d / "vae_source.json", what=what)
-        vae_dir = d / source["relative"] if source.get("relative") else Path(source["path"])
+        vae_dir, source = resolve_vae_reference(d)
         vae = LatentTokenVAE.from_pretrained(vae_dir)
-        if _hash_dir(vae_dir) != source.get("sha256"):
-            raise CheckpointError(f"the VAE in {str(vae_dir)!r} differs from the one this model was trained on.")
+        check_vae_reference(vae_dir, source)
         priors = GenePriors.load(d) if econf.n_prior else None
         cconf = None
         if config.context_keys:

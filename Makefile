@@ -28,6 +28,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 # Side-by-side benchmarks (installs the [bench] extra: scvi-tools; several minutes).
 bench: $(STAMP)

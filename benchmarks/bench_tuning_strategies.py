@@ -327,9 +327,10 @@ def pretrain_perturb(out: Path, seed: int, args: argparse.Namespace) -> dict[str
 
 # ---------------------------------------------------------------------------------- distillation
 def worker_distill(seed: int, base_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from bench_distill_sampling import benchmark_sampling
     from genailab.evaluation import evaluate_synthesis
     from genailab.foundation.recipes import LatentDiffusionModel
-    from genailab.foundation.recipes.distill import DistillConfig, benchmark_sampling, distill_latent_diffusion
+    from genailab.foundation.recipes.distill import DistillConfig, distill_latent_diffusion
     from genailab.training import TrainConfig
 
     base_cells, _, _, adata = _kang(seed)

@@ -72,7 +72,7 @@ def test_synth_adapt_each_method_saves_small_dir_that_samples_the_new_donor(synt
 
 
 def test_adapted_model_reloads_identically_and_refuses_a_changed_base(synth_base, tmp_path):
-    from genailab.foundation.recipes import LatentDiffusionModel
+    from genailab.foundation.recipes import LatentDiffusionModel, load_model
 
     tmp, base, new_data = synth_base
     base_copy = tmp_path / "base"
@@ -80,8 +80,8 @@ def test_adapted_model_reloads_identically_and_refuses_a_changed_base(synth_base
     out = tmp_path / "lora"
     assert main(["synth", "adapt", str(base_copy), str(new_data), "--tuning", "lora", "--out", str(out),
                  *ADAPT_FAST]) == 0  # fmt: skip
-    a = LatentDiffusionModel.from_pretrained(out)
-    b = LatentDiffusionModel.from_pretrained(out)
+    a = load_model(out, expected=LatentDiffusionModel)
+    b = load_model(out, expected=LatentDiffusionModel)
     x = torch.randn(3, *a.vae.config.latent_shape)
     t = torch.full((3,), 0.5)
     cond = a.conditioning(torch.tensor([[0.0, 2.0]] * 3))
@@ -96,7 +96,7 @@ def test_adapted_model_reloads_identically_and_refuses_a_changed_base(synth_base
     weights = base_copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
     with pytest.raises(CheckpointError, match="hash mismatch"):
-        LatentDiffusionModel.from_pretrained(out)
+        load_model(out, expected=LatentDiffusionModel)
 
 
 def test_adapt_refuses_an_unknown_method_and_a_target_matching_nothing(synth_base, tmp_path, capsys):
@@ -163,7 +163,7 @@ def perturb_base(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["conditioning", "lora", "full"])
 def test_perturb_adapt_to_a_new_context_then_predict(perturb_base, tmp_path, method):
-    from genailab.foundation.recipes import PerturbDeltaModel
+    from genailab.foundation.recipes import PerturbDeltaModel, load_model
 
     tmp, base, new_data = perturb_base
     out = tmp_path / method
@@ -173,7 +173,7 @@ def test_perturb_adapt_to_a_new_context_then_predict(perturb_base, tmp_path, met
     info = json.loads((out / "adapter.json").read_text())
     assert info["kind"] == "perturbation"
     assert info["new_categories"] == {"cell_type": ["B"]}
-    model = PerturbDeltaModel.from_pretrained(out)
+    model = load_model(out, expected=PerturbDeltaModel)
     assert model.context_categories["cell_type"] == ("A", "B")
     if method == "lora":
         assert any("lora" in name for name, _ in model.nets[0].named_parameters())

@@ -57,3 +57,14 @@ def test_registry_lists_names():
         reg.get("c")
     with pytest.raises(InvalidInputError, match="already registered"):
         reg.register("a")(B)
+
+
+def test_adapted_model_kinds_are_a_registry_whose_errors_list_the_kinds(tmp_path):
+    torch = pytest.importorskip("torch")
+    from genailab.foundation.recipes.adapted import ADAPTED_KINDS, AdaptedKind, save_adapted
+
+    assert ADAPTED_KINDS.names() == ("perturbation", "synthesis")
+    assert all(isinstance(ADAPTED_KINDS.get(n), AdaptedKind) for n in ADAPTED_KINDS)
+    with pytest.raises(InvalidInputError, match="perturbation, synthesis"):
+        save_adapted(torch.nn.Linear(2, 2), tmp_path / "out", base_dir=tmp_path, record={"kind": "tokenizer"})
+    assert not (tmp_path / "out").exists()

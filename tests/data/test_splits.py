@@ -30,7 +30,14 @@ def _check_partition(split: Split, n_obs: int, *, cover: bool = True) -> None:
 
 
 def test_registry_names():
-    assert SPLITTERS.names() == ("category", "combination", "context", "perturbation", "random")
+    assert SPLITTERS.names() == (
+        "category",
+        "combination",
+        "context",
+        "holdout",
+        "perturbation",
+        "random",
+    )
     assert SPLITTERS.get("random") is random_split
     with pytest.raises(InvalidInputError, match="registered splits are"):
         SPLITTERS.get("donor")

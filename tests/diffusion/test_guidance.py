@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genailab.diffusion import cfg_combine, compose_guidance
+from genailab.diffusion import cfg_combine, check_guidance, compose_guidance, guided_denoiser
 from genailab.errors import InvalidInputError
 
 
@@ -70,3 +70,87 @@ def test_compose_errors():
         compose_guidance(full, dropped, {"key0": math.nan})
     with pytest.raises(InvalidInputError, match="dropped\\['key1'\\] must be a tensor with the shape of full"):
         compose_guidance(full, {**dropped, "key1": full[:1]}, {"key1": 2.0})
+
+
+# ---------------------------------------------------------------- guided_denoiser
+KEYS = ("cell_type", "batch")
+
+
+class _Net:
+    """A toy conditional network: the prediction is ``x * t + sum of the kept keys' offsets``; records calls."""
+
+    offsets = {"cell_type": 1.0, "batch": 10.0}
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, t, cond):
+        self.calls.append(cond)
+        shift = 0.0 if cond is None else sum(self.offsets[k] for k in KEYS if k not in cond)
+        return x * t.view(-1, 1) + shift
+
+    @staticmethod
+    def condition(nulled):  # the "condition input" is just the set of nulled keys
+        return frozenset(nulled)
+
+
+def _run(guidance, keys=KEYS):
+    net = _Net()
+    x, t = torch.randn(3, 4), torch.full((3,), 0.5)
+    out = guided_denoiser(net, keys, guidance, _Net.condition)(x, t)
+    return out, x * 0.5, net.calls
+
+
+def test_guided_denoiser_without_keys_is_unconditional():
+    out, base, calls = _run({"anything": 3.0}, keys=())
+    torch.testing.assert_close(out, base)
+    assert calls == [None]
+
+
+@pytest.mark.parametrize("guidance", [1.0, {}, {"cell_type": 1.0}])
+def test_guided_denoiser_scale_one_is_one_conditional_call(guidance):
+    out, base, calls = _run(guidance)
+    torch.testing.assert_close(out, base + 11.0)
+    assert calls == [frozenset()]
+
+
+@pytest.mark.parametrize("scale", [0.0, 2.0, -0.5])
+def test_guided_denoiser_joint_scale_is_cfg_against_all_keys_nulled(scale):
+    out, base, calls = _run(scale)
+    torch.testing.assert_close(out, cfg_combine(base + 11.0, base, scale))
+    assert calls == [frozenset(), frozenset(KEYS)]
+
+
+def test_guided_denoiser_per_key_scales_compose():
+    out, base, calls = _run({"cell_type": 3.0, "batch": 0.0})
+    full = base + 11.0
+    expected = compose_guidance(full, {"cell_type": base + 10.0, "batch": base + 1.0}, {"cell_type": 3.0, "batch": 0.0})
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, base + 3.0 * 1.0 + 0.0 * 10.0)  # each key's offset scaled by its own s_k
+    assert calls == [frozenset(), frozenset({"cell_type"}), frozenset({"batch"})]
+
+
+def test_guided_denoiser_builds_conditions_once():
+    built = []
+
+    def condition(nulled):
+        built.append(nulled)
+        return frozenset(nulled)
+
+    denoise = guided_denoiser(_Net(), KEYS, {"batch": 2.0}, condition)
+    for _ in range(3):
+        denoise(torch.zeros(2, 4), torch.zeros(2))
+    assert built == [(), ("batch",)]
+
+
+def test_guided_denoiser_rejects_unknown_keys():
+    with pytest.raises(InvalidInputError, match="unknown condition key\\(s\\) \\['tissue'\\]; keys are"):
+        guided_denoiser(_Net(), KEYS, {"tissue": 2.0}, _Net.condition)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, "2", True, {"cell_type": math.nan}])
+def test_check_guidance_rejects_non_finite_scales(bad):
+    with pytest.raises(InvalidInputError, match="must be a finite number"):
+        check_guidance(bad)
+    check_guidance(2.0)
+    check_guidance({"cell_type": 0.0, "batch": 3})

@@ -19,8 +19,8 @@ from genailab.evaluation.perturbation import (
     gene_set_indices,
     query_metrics,
     top_de_genes,
-    write_perturbation_report,
 )
+from genailab.evaluation.reports import write_perturbation_report
 from genailab.foundation.objectives import ConformalCalibrator
 
 G = 30

@@ -12,7 +12,8 @@ import pytest
 from scipy import sparse
 
 from genailab.errors import GeneOverlapError, InvalidCountsError, InvalidInputError, MissingKeyError
-from genailab.evaluation.synthesis import evaluate_synthesis, pca_embed, write_synthesis_report
+from genailab.evaluation.reports import write_synthesis_report
+from genailab.evaluation.synthesis import evaluate_synthesis, pca_embed
 
 METRICS = ("mmd", "energy", "w1", "classifier_auc")
 

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,14 +20,13 @@ from genailab.foundation.recipes import (
     LatentDiffusionConfig,
     LatentDiffusionModel,
     LatentTokenVAE,
-    benchmark_sampling,
     build_student,
     distill_latent_diffusion,
     generate_teacher_pairs,
     save_distilled,
 )
 from genailab.foundation.recipes.distill import DISTILL_RECORD, NOISE_KEY, PAIRS_FILE
-from genailab.foundation.recipes.distill.recipe import _cached_pairs
+from genailab.foundation.recipes.distill.pairs import cached_pairs
 from genailab.training import TrainConfig
 
 from ..conftest import make_count_adata
@@ -355,28 +357,47 @@ def test_rerun_reuses_pairs_and_resumes_from_checkpoint(distilled, teacher, cond
 def test_pair_cache_is_keyed_by_teacher_and_settings(distilled, teacher, conds, tmp_path):
     _, _, out, _ = distilled
     shutil.copy(out / PAIRS_FILE, tmp_path / PAIRS_FILE)
-    cached, reused = _cached_pairs(teacher, conds, DISTILL, 0, tmp_path)
+    cached, reused = cached_pairs(teacher, conds, DISTILL, 0, tmp_path)
     assert reused
     assert len(cached) == DISTILL.n_pairs
     small = DISTILL.replace(n_pairs=8, teacher_steps=3)
-    pairs, reused = _cached_pairs(teacher, conds, small, 0, tmp_path)  # other settings: regenerated, rewritten
+    pairs, reused = cached_pairs(teacher, conds, small, 0, tmp_path)  # other settings: regenerated, rewritten
     assert not reused
     assert len(pairs) == 8
-    assert _cached_pairs(teacher, conds, small, 0, tmp_path)[1]
-    assert not _cached_pairs(teacher, conds, small, 1, tmp_path)[1]  # another seed
-    assert not _cached_pairs(teacher, conds[:10], small, 1, tmp_path)[1]  # other conditions
+    assert cached_pairs(teacher, conds, small, 0, tmp_path)[1]
+    assert not cached_pairs(teacher, conds, small, 1, tmp_path)[1]  # another seed
+    assert not cached_pairs(teacher, conds[:10], small, 1, tmp_path)[1]  # other conditions
     (tmp_path / PAIRS_FILE).write_bytes(b"truncated")
-    assert not _cached_pairs(teacher, conds, small, 0, tmp_path)[1]  # a corrupt cache is regenerated
+    assert not cached_pairs(teacher, conds, small, 0, tmp_path)[1]  # a corrupt cache is regenerated
 
 
-def test_benchmark_sampling_counts_steps_and_times_cells(distilled, teacher, conds):
+# ---------------------------------------------------------------------------------------------- benchmark
+def _sampling_benchmark():
+    """``benchmarks/bench_distill_sampling.py`` as a module (the timing code lives there, not in genailab)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_distill_sampling.py"
+    if not path.is_file():
+        pytest.skip(f"{path} is not in this checkout")
+    spec = importlib.util.spec_from_file_location("bench_distill_sampling", path)
+    module = importlib.util.module_from_spec(spec)
+    before = list(sys.path)
+    try:
+        spec.loader.exec_module(module)  # puts benchmarks/ on sys.path for its _common helpers
+    finally:
+        sys.path[:] = before
+    return module
+
+
+def test_sampling_benchmark_counts_steps_and_compares_student_with_teacher(distilled, teacher, conds):
+    bench = _sampling_benchmark()
     student, _, _, _ = distilled
-    fast = benchmark_sampling(student, 64, conds, seed=0)
-    slow = benchmark_sampling(teacher, 64, conds, steps=50, sampler="euler", seed=0)
+    fast = bench.benchmark_sampling(student, 64, conds, seed=0)
     assert (fast["steps"], fast["sampler"], fast["nfe"]) == (4, "euler", 4)
-    assert slow["nfe"] == 50
     assert fast["wall_s"] > 0
     assert fast["cells_per_s"] == pytest.approx(64 / fast["wall_s"])
-    assert fast["cells_per_s"] > 2 * slow["cells_per_s"]  # 4 tiny-network steps vs 50 larger ones
+    rows = bench.compare(teacher, student, conds, n=32, teacher_steps=50, repeats=1)
+    assert [(r["steps"], r["nfe"]) for r in rows] == [(50, 50), (4, 4), (4, 4)]
+    assert rows[0]["speedup"] == 1.0
+    assert rows[2]["n_params"] < rows[0]["n_params"]
+    json.dumps(rows)
     with pytest.raises(InvalidInputError, match="n=0"):
-        benchmark_sampling(student, 0, conds)
+        bench.benchmark_sampling(student, 0, conds)

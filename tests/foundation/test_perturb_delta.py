@@ -11,6 +11,7 @@ from genailab.foundation.recipes import (
     PerturbDeltaConfig,
     PerturbDeltaModel,
 )
+from genailab.foundation.recipes.perturb.calibration import read_calibration, write_calibration
 from genailab.training import TrainConfig
 
 from ..conftest import make_gene_priors, make_perturb_adata
@@ -84,8 +85,9 @@ def test_direct_formulation_keeps_controls_and_generates_the_rest(adata, vae):
 
 
 def test_config_is_validated():
-    with pytest.raises(InvalidInputError, match="formulation"):
+    with pytest.raises(InvalidInputError, match="formulation") as err:
         PerturbDeltaConfig(formulation="nope")
+    assert all(name in str(err.value) for name in FORMULATIONS.names())  # an unknown name lists the registered ones
     with pytest.raises(InvalidInputError, match="nll_weight > 0"):
         PerturbDeltaConfig(finetune="decoder")
     with pytest.raises(InvalidInputError, match="formulation='delta'"):
@@ -231,3 +233,31 @@ def test_fit_needs_controls_in_every_context(adata, vae):
     model = _model(adata, vae, _rows(adata, "control", "g1"))
     with pytest.raises(InvalidInputError, match="no control cells in context 'B'"):
         model.fit(adata, rows, None, FAST)
+
+
+def test_calibration_json_has_one_home(trained, tmp_path):
+    write_calibration(tmp_path, trained)
+    values = read_calibration(tmp_path)
+    assert set(values) == {"calibrator", "ood_reference", "seen_ood_scores", "val_conditions"}
+    assert values["calibrator"] == trained.calibrator
+    assert values["ood_reference"] == pytest.approx(trained.ood_reference)
+    assert values["val_conditions"] == trained.val_conditions
+    (tmp_path / "calibration.json").write_text('{"calibrator": {"levels": 1}}')
+    with pytest.raises(CheckpointError, match="calibration.json"):
+        read_calibration(tmp_path)
+
+
+def test_from_pretrained_refuses_an_adapted_directory(tmp_path):
+    d = tmp_path / "adapted"
+    d.mkdir()
+    (d / "adapter.json").write_text("{}")
+    (d / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="load_model"):
+        PerturbDeltaModel.from_pretrained(d)
+
+
+def test_old_module_path_keeps_its_public_names():
+    from genailab.foundation.recipes.perturb import model as old
+
+    for name in ("FORMULATIONS", "PerturbDeltaConfig", "PerturbDeltaModel", "PerturbDeltaNet", "ResponsePrediction"):
+        assert hasattr(old, name), name

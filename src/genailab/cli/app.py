@@ -1,8 +1,9 @@
-"""``genailab`` commands.
+"""``genailab`` commands: parse the options, call a workflow (:mod:`genailab.workflows`), print the result.
 
-Heavy libraries (torch, anndata, lightning) are imported inside the commands, so ``--help`` is fast.
+:mod:`genailab.workflows` loads a job's module (and torch) only when the command runs, so ``--help`` is fast.
+
 Every command that writes saves its resolved config, seed, library versions and metrics beside its
-outputs; every output file is written atomically.
+outputs; every output file is written atomically (the workflows do both).
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.text import Text
+
+from genailab import workflows
+from genailab.errors import GenailabError
 
 __all__ = ["app", "main"]
 
@@ -46,9 +52,7 @@ def _root(
     _STATE["debug"] = debug
 
 
-def _console():  # noqa: ANN202 - rich is imported lazily
-    from rich.console import Console
-
+def _console() -> Console:
     return Console(stderr=True)
 
 
@@ -70,9 +74,7 @@ def vae_train(
     ] = False,
 ) -> None:
     """Train the latent-token count VAE on DATA and save it to OUT (rerunning resumes)."""
-    from genailab.workflows.synth import train_vae
-
-    summary = train_vae(
+    summary = workflows.train_vae(
         data,
         out,
         layer=layer,
@@ -105,9 +107,7 @@ def vae_encode(
     ] = False,
 ) -> None:
     """Embed DATA with a trained model: latent in obsm['X_genailab'], tokens in obsm['X_genailab_tokens']."""
-    from genailab.workflows.synth import encode_vae
-
-    path = encode_vae(
+    path = workflows.encode_vae(
         model_dir,
         data,
         out,
@@ -161,9 +161,7 @@ def synth_train(
     ] = None,
 ) -> None:
     """Train the VAE (unless --vae) and the conditional diffusion model; rerunning resumes."""
-    from genailab.workflows.synth import train_synth
-
-    summary = train_synth(
+    summary = workflows.train_synth(
         data,
         out,
         layer=layer,
@@ -199,9 +197,7 @@ def synth_adapt(
     seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
 ) -> None:
     """Adapt a pretrained synthesis model to new cells (a new donor, disease, cohort) with one tuning method."""
-    from genailab.workflows.adapt import adapt_synth
-
-    summary = adapt_synth(base_dir, data, out, tuning=tuning, config_path=config, sets=set_ or [], seed=seed)
+    summary = workflows.adapt_synth(base_dir, data, out, tuning=tuning, config_path=config, sets=set_ or [], seed=seed)
     _report_adapt(summary)
 
 
@@ -223,9 +219,7 @@ def synth_distill(
     seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
 ) -> None:
     """Distil a trained model into a small student that samples in a few steps."""
-    from genailab.workflows.adapt import distill_synth
-
-    summary = distill_synth(
+    summary = workflows.distill_synth(
         model_dir,
         out,
         data=data,
@@ -270,9 +264,7 @@ def synth_sample(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Generate synthetic cells (integer counts) for given conditions or like a reference."""
-    from genailab.workflows.synth import sample_synth
-
-    path = sample_synth(
+    path = workflows.sample_synth(
         model_dir,
         out,
         n=n,
@@ -298,9 +290,7 @@ def synth_counterfactual(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Re-generate real cells under changed conditions (e.g. donor A -> B; all -> one batch = correction)."""
-    from genailab.workflows.synth import counterfactual_synth
-
-    path = counterfactual_synth(
+    path = workflows.counterfactual_synth(
         model_dir,
         data,
         out,
@@ -323,9 +313,7 @@ def synth_evaluate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Compare synthetic with real cells (MMD, energy, W1, classifier AUC, marginals) beside a real-vs-real floor."""
-    from genailab.workflows.synth import evaluate_synth
-
-    evaluate_synth(real, syn, out, condition_key=condition_key, layer=layer, seed=seed)
+    workflows.evaluate_synth(real, syn, out, condition_key=condition_key, layer=layer, seed=seed)
     _console().print(f"[green]wrote[/green] {out}/report.html and {out}/metrics.json")
 
 
@@ -369,9 +357,7 @@ def perturb_train(
     seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
 ) -> None:
     """Hold out perturbations, train the VAE on training cells, train and calibrate the ensemble (reruns resume)."""
-    from genailab.workflows.perturb import train_perturb
-
-    summary = train_perturb(
+    summary = workflows.train_perturb(
         data,
         out,
         perturbation_key=perturbation_key,
@@ -405,9 +391,9 @@ def perturb_adapt(
     seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
 ) -> None:
     """Adapt a pretrained perturbation model to a new context (e.g. a cell line) with one tuning method."""
-    from genailab.workflows.adapt import adapt_perturb
-
-    summary = adapt_perturb(base_dir, data, out, tuning=tuning, config_path=config, sets=set_ or [], seed=seed)
+    summary = workflows.adapt_perturb(
+        base_dir, data, out, tuning=tuning, config_path=config, sets=set_ or [], seed=seed
+    )
     _report_adapt(summary)
 
 
@@ -427,9 +413,7 @@ def perturb_predict(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Predict perturbed cells: sampled counts in X, mean and 90% interval layers, OOD score in obs/uns."""
-    from genailab.workflows.perturb import predict_perturb
-
-    info = predict_perturb(
+    info = workflows.predict_perturb(
         model_dir, controls, perturbation, out, context=context, allow_ood=allow_ood, seed=seed, dose=dose
     )
     _console().print(
@@ -450,9 +434,7 @@ def perturb_evaluate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Score the model and every baseline on the held-out split saved in MODEL_DIR."""
-    from genailab.workflows.perturb import evaluate_perturb
-
-    summary = evaluate_perturb(
+    summary = workflows.evaluate_perturb(
         model_dir, data, out, gene_sets=[str(p) for p in gene_sets] if gene_sets else None, seed=seed
     )
     _console().print(f"[green]wrote[/green] {out}/report.html and {out}/metrics.json ({summary['n_queries']} queries)")
@@ -470,9 +452,7 @@ def demo(
     one synthetic cell per real cell, evaluates it beside a real-vs-real floor and writes the synthetic
     h5ad, the embedding and HTML reports.
     """
-    from genailab.workflows.synth import run_demo
-
-    summary = run_demo(out, seed=seed, quick=quick)
+    summary = workflows.run_demo(out, seed=seed, quick=quick)
     _console().print(
         f"[green]demo finished[/green]: report {summary['report']}, synthetic cells {summary['synthetic']}"
     )
@@ -480,8 +460,6 @@ def demo(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 2 refused input or usage error, 1 unexpected error)."""
-    from genailab.errors import GenailabError
-
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
@@ -492,8 +470,6 @@ def main(argv: list[str] | None = None) -> int:
     except GenailabError as exc:
         if debug:
             traceback.print_exc()
-        from rich.text import Text
-
         _console().print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False, soft_wrap=True)
         if not debug:
             _console().print("(run with --debug for the traceback)", style="dim")

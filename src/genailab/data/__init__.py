@@ -7,7 +7,7 @@ Typical use::
     adata = data.pbmc68k_reduced()                      # integer counts, obs['bulk_labels']
     data.validate_counts(adata)                         # raises InvalidCountsError with a fix if not counts
     registry = data.setup_anndata(adata, cell_type_key="bulk_labels")
-    split = data.SPLITTERS.get("random")(adata.n_obs, seed=0)
+    split = data.SPLITS.get("random")(adata.n_obs, seed=0)
     loader = data.make_dataloader(data.CountsDataset(adata, registry, indices=split.train), batch_size=128)
 """
 
@@ -42,12 +42,16 @@ from genailab.data.spec import (
     split_label,
 )
 from genailab.data.splits import (
+    SPLITS,
     SPLITTERS,
     Split,
+    carve_validation,
     combination_split,
     context_split,
     holdout_category_split,
     holdout_perturbation_split,
+    holdout_split,
+    parse_holdouts,
     random_split,
 )
 
@@ -55,7 +59,11 @@ __all__ = [
     "EdgeList",
     "read_edges",
     "read_gmt",
+    "SPLITS",
     "SPLITTERS",
+    "carve_validation",
+    "holdout_split",
+    "parse_holdouts",
     "BatchSampler",
     "CountsDataset",
     "CountsSummary",

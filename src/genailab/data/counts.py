@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -20,6 +18,16 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from genailab.data.reading import (
+    adata_layers,
+    check_adata,
+    format_names,
+    get_counts,
+    is_backed_sparse,
+    is_h5py_dataset,
+    matrix_name,
+    read_h5ad,
+)
 from genailab.errors import InvalidCountsError, InvalidInputError, MissingKeyError
 
 __all__ = [
@@ -37,155 +45,6 @@ RECOVERY_UNS_KEY = "genailab_count_recovery"
 
 # Dense chunks are capped at this many elements so that a wide backed matrix never loads a huge block.
 _DENSE_CHUNK_ELEMENTS = 4_000_000
-
-
-def is_backed_sparse(matrix: Any) -> bool:
-    """Whether ``matrix`` is an anndata backed sparse dataset (CSR or CSC on disk)."""
-    try:
-        from anndata.abc import CSCDataset, CSRDataset
-    except ImportError:  # anndata < 0.11
-        from anndata._core.sparse_dataset import BaseCompressedSparseDataset
-
-        return isinstance(matrix, BaseCompressedSparseDataset)
-    return isinstance(matrix, (CSRDataset, CSCDataset))
-
-
-def _is_h5py_dataset(matrix: Any) -> bool:
-    try:
-        import h5py
-    except ImportError:  # pragma: no cover - h5py is a dependency of anndata
-        return False
-    return isinstance(matrix, h5py.Dataset)
-
-
-def _check_adata(adata: Any, argument: str = "adata") -> AnnData:
-    if not isinstance(adata, AnnData):
-        raise InvalidInputError(
-            f"{argument} must be an anndata.AnnData, got {type(adata).__name__}. "
-            "Read an .h5ad file with genailab.data.read_h5ad(path)."
-        )
-    return adata
-
-
-def read_h5ad(path: str | os.PathLike[str], backed: bool = False) -> AnnData:
-    """Read an ``.h5ad`` file, with a clear error for a missing or malformed file.
-
-    Parameters
-    ----------
-    path
-        Path to an ``.h5ad`` file.
-    backed
-        Open in backed read-only mode (``backed="r"``): ``X`` stays on disk and is read on demand,
-        while ``obs``, ``var`` and ``layers`` are loaded into memory.
-
-    Returns
-    -------
-    The AnnData object.
-
-    Raises
-    ------
-    InvalidInputError
-        If the file does not exist, is a directory, or is not a readable h5ad (HDF5) file.
-    """
-    import anndata
-    import h5py
-
-    if not isinstance(backed, bool):
-        raise InvalidInputError(f"backed={backed!r} must be True or False.")
-    p = Path(path)
-    if not p.exists():
-        raise InvalidInputError(f"path={str(path)!r} does not exist; expected an .h5ad file.")
-    if not p.is_file():
-        raise InvalidInputError(f"path={str(path)!r} is a directory; expected an .h5ad file.")
-    if not h5py.is_hdf5(p):
-        raise InvalidInputError(
-            f"path={str(path)!r} is not an h5ad file (not HDF5). Convert other formats with anndata or "
-            "scanpy first (e.g. scanpy.read_10x_h5, anndata.read_loom) and write them with write_h5ad."
-        )
-    try:
-        return anndata.read_h5ad(p, backed="r" if backed else None)
-    except Exception as err:  # anndata raises many types for a malformed file
-        raise InvalidInputError(
-            f"path={str(path)!r} is an HDF5 file but could not be read as an h5ad (AnnData) file: "
-            f"{type(err).__name__}: {err}"
-        ) from err
-
-
-def _layers(adata: AnnData) -> Any:
-    """``adata.layers``, turning anndata's own shape check into a genailab error."""
-    try:
-        return adata.layers
-    except ValueError as err:  # anndata validates every layer on access
-        raise InvalidInputError(
-            f"adata.layers is inconsistent with adata's shape {tuple(adata.shape)}: {err} "
-            "Remove or fix the offending layer."
-        ) from err
-
-
-def _matrix_name(layer: str | None) -> str:
-    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-
-
-def get_counts(adata: AnnData, layer: str | None = None) -> Any:
-    """Return the count matrix of ``adata`` (``X`` or ``layers[layer]``) without densifying it.
-
-    Parameters
-    ----------
-    adata
-        In-memory or backed AnnData.
-    layer
-        Layer holding the counts; ``None`` for ``adata.X``.
-
-    Returns
-    -------
-    The matrix object itself: a :class:`numpy.ndarray`, a scipy sparse matrix, an h5py dataset or an
-    anndata backed sparse dataset (backed mode).
-
-    Raises
-    ------
-    MissingKeyError
-        If ``layer`` is not a layer of ``adata`` (the message lists the available layers).
-    InvalidInputError
-        If ``adata`` is not an AnnData, ``adata.X`` is ``None``, the matrix has the wrong shape, or
-        its dtype is not numeric.
-    """
-    _check_adata(adata)
-    if layer is not None and not isinstance(layer, str):
-        raise InvalidInputError(f"layer={layer!r} must be a layer name (str) or None for adata.X.")
-    if layer is None:
-        matrix = adata.X
-        if matrix is None:
-            raise InvalidInputError(
-                "adata.X is None; expected a count matrix. Pass layer=... naming the layer that holds the "
-                f"counts (available layers: {_list(_layers(adata).keys())})."
-            )
-    else:
-        if layer not in _layers(adata):
-            raise MissingKeyError(
-                f"layer={layer!r} is not a layer of adata; available layers: {_list(_layers(adata).keys())}. "
-                "Pass layer=None to use adata.X."
-            )
-        matrix = _layers(adata)[layer]
-    shape = tuple(getattr(matrix, "shape", ()))
-    if shape != tuple(adata.shape):
-        raise InvalidInputError(
-            f"{_matrix_name(layer)} has shape {shape}, expected {tuple(adata.shape)} (n_obs, n_vars)."
-        )
-    dtype = np.dtype(getattr(matrix, "dtype", object))
-    if dtype.kind not in "uif":
-        raise InvalidCountsError(
-            f"{_matrix_name(layer)} has dtype {dtype}; expected a numeric (integer or float) count matrix. "
-            "Convert it, e.g. adata.X = adata.X.astype(np.float32), or pass the layer that holds raw counts."
-        )
-    return matrix
-
-
-def _list(items: Any, limit: int = 20) -> str:
-    items = [str(i) for i in items]
-    if not items:
-        return "none"
-    shown = ", ".join(repr(i) for i in items[:limit])
-    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
 def _row_chunks(matrix: Any, chunk_size: int) -> Iterator[tuple[int, np.ndarray | sp.csr_matrix]]:
@@ -277,7 +136,7 @@ def validate_counts(adata: AnnData, layer: str | None = None, chunk_size: int = 
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InvalidInputError(f"chunk_size={chunk_size!r} must be a positive integer.")
     matrix = get_counts(adata, layer)
-    name = _matrix_name(layer)
+    name = matrix_name(layer)
     n_obs, n_vars = (int(s) for s in matrix.shape)
     if n_obs == 0 or n_vars == 0:
         raise InvalidCountsError(
@@ -342,10 +201,10 @@ def validate_counts(adata: AnnData, layer: str | None = None, chunk_size: int = 
                 f"have {p} values (e.g. {value:.4g} at cell {str(adata.obs_names[r])!r}, "
                 f"gene {str(adata.var_names[c])!r})"
             )
-        other_layers = [k for k in _layers(adata).keys() if k != layer]
+        other_layers = [k for k in adata_layers(adata).keys() if k != layer]
         hint = (
             "Pass layer='counts' (or whichever layer holds raw counts; available layers: "
-            f"{_list(other_layers)}) "
+            f"{format_names(other_layers)}) "
             "if raw counts are stored in a layer, or use genailab.data.recover_counts if the data are "
             "log-normalised with an invertible per-cell normalisation (log1p of normalize_total)."
         )
@@ -472,7 +331,7 @@ def recover_counts(
     >>> counts.shape, report.n_cells_inexact  # doctest: +SKIP
     ((700, 765), 0)
     """
-    _check_adata(adata)
+    check_adata(adata)
     if method not in ("library_size", "min_nonzero"):
         raise InvalidInputError(f"method={method!r} is not allowed; expected 'library_size' or 'min_nonzero'.")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 0.5:
@@ -484,7 +343,7 @@ def recover_counts(
         if adata.raw is None:
             raise MissingKeyError(
                 "source='raw' but adata.raw is None; pass source='X' or a layer name "
-                f"(available layers: {_list(_layers(adata).keys())})."
+                f"(available layers: {format_names(adata_layers(adata).keys())})."
             )
         matrix = adata.raw.X
         var = adata.raw.var.copy()
@@ -493,16 +352,16 @@ def recover_counts(
         matrix = get_counts(adata, None)
         var = adata.var.copy()
     else:
-        if source not in _layers(adata):
+        if source not in adata_layers(adata):
             raise MissingKeyError(
                 f"source={source!r} is neither 'raw', 'X' nor a layer of adata; available layers: "
-                f"{_list(_layers(adata).keys())}."
+                f"{format_names(adata_layers(adata).keys())}."
             )
         matrix = get_counts(adata, source)
         var = adata.var.copy()
-    where = "adata.raw.X" if source == "raw" else _matrix_name(None if source == "X" else source)
-    if _is_h5py_dataset(matrix) or is_backed_sparse(matrix):
-        matrix = matrix[:] if _is_h5py_dataset(matrix) else matrix.to_memory()
+    where = "adata.raw.X" if source == "raw" else matrix_name(None if source == "X" else source)
+    if is_h5py_dataset(matrix) or is_backed_sparse(matrix):
+        matrix = matrix[:] if is_h5py_dataset(matrix) else matrix.to_memory()
     if np.dtype(matrix.dtype).kind not in "uif":
         raise InvalidCountsError(f"{where} has dtype {matrix.dtype}; expected numeric log-normalised values.")
     n_obs = int(matrix.shape[0])
@@ -540,7 +399,7 @@ def recover_counts(
         if library_key not in adata.obs.columns:
             raise MissingKeyError(
                 f"library_key={library_key!r} is not an obs column; available obs columns: "
-                f"{_list(adata.obs.columns)}. Use method='min_nonzero' if library sizes are unknown."
+                f"{format_names(adata.obs.columns)}. Use method='min_nonzero' if library sizes are unknown."
             )
         if (
             isinstance(target_sum, bool)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import pandas as pd
 from anndata import AnnData
 
 from genailab.config import Config
+from genailab.data.labels import label_strings, most_frequent, obs_column, obs_labels, parse_dose, split_label
 from genailab.errors import InvalidInputError, MissingKeyError, UnknownLabelError
 from genailab.io import atomic_write_json
 
@@ -98,8 +98,7 @@ class DataSpec(Config):
             raise InvalidInputError(
                 f"DataSpec.control_value={self.control_value!r} contains the combination_delimiter "
                 f"{self.combination_delimiter!r}, so control labels would be split into several "
-                "perturbations; "
-                "choose another delimiter or control label."
+                "perturbations; choose another delimiter or control label."
             )
         seen: dict[str, str] = {}
         for field_name, key in self._all_keys():
@@ -126,59 +125,6 @@ class DataSpec(Config):
     def continuous_keys(self) -> tuple[str, ...]:
         """Continuous ``obs`` keys in encoding order."""
         return self.continuous_covariate_keys
-
-
-def _available(obs: pd.DataFrame, limit: int = 30) -> str:
-    cols = [str(c) for c in obs.columns]
-    if not cols:
-        return "none (obs has no columns)"
-    shown = ", ".join(repr(c) for c in cols[:limit])
-    return shown + (f", ... ({len(cols)} in all)" if len(cols) > limit else "")
-
-
-def obs_column(adata: Any, key: str, role: str) -> pd.Series:
-    """``adata.obs[key]``; a non-AnnData or a missing column is refused with the available columns listed."""
-    if not isinstance(adata, AnnData):
-        raise InvalidInputError(f"adata must be an anndata.AnnData, got {type(adata).__name__}.")
-    if key not in adata.obs.columns:
-        raise MissingKeyError(f"{role}={key!r} is not an obs column; available obs columns: {_available(adata.obs)}.")
-    return adata.obs[key]
-
-
-def label_strings(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(labels as str objects, isna mask)`` for a label column (NaN entries become '')."""
-    isna = series.isna().to_numpy()
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        cats = np.array([str(c) for c in series.cat.categories] + [""], dtype=object)
-        codes = series.cat.codes.to_numpy().astype(np.int64)
-        labels = cats[np.where(codes >= 0, codes, len(cats) - 1)]
-    else:
-        labels = np.array([str(v) for v in series.to_numpy()], dtype=object)
-        labels[isna] = ""
-    return labels, isna
-
-
-def obs_labels(adata: Any, key: str, argument: str) -> np.ndarray:
-    """``obs[key]`` as an object array of strings; a missing column or missing values are refused.
-
-    Parameters
-    ----------
-    adata
-        The AnnData to read.
-    key
-        The obs column.
-    argument
-        The option or argument that named ``key`` (used in the error message).
-    """
-    labels, isna = label_strings(obs_column(adata, key, argument))
-    if isna.any():
-        raise InvalidInputError(f"obs[{key!r}] has {int(isna.sum())} missing values; fill or drop them.")
-    return labels
-
-
-def _most_frequent(labels: np.ndarray, n: int = 5) -> str:
-    counts = pd.Series(labels).value_counts()
-    return ", ".join(f"{lab!r} ({c})" for lab, c in counts.head(n).items())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,24 +221,12 @@ class DataRegistry:
             if spec.control_value not in categories[spec.perturbation_key]:
                 raise InvalidInputError(
                     f"control value {spec.control_value!r} not found in obs[{spec.perturbation_key!r}]; "
-                    f"most frequent values: {_most_frequent(labels)}. Pass control_value=... naming the "
-                    "label "
-                    "of unperturbed cells."
+                    f"most frequent values: {most_frequent(labels)}. Pass control_value=... naming the "
+                    "label of unperturbed cells."
                 )
-            singles: set[str] = set()
-            for label in categories[spec.perturbation_key]:
-                singles.update(
-                    split_label(label, spec.control_value, spec.combination_delimiter, key=spec.perturbation_key)
-                )
-            perturbations = tuple(sorted(singles))
+            perturbations = _agents(categories[spec.perturbation_key], spec)
         if spec.dose_key is not None:
-            dose_labels, isna = label_strings(obs_column(adata, spec.dose_key, "dose_key"))
-            if isna.any():
-                raise InvalidInputError(
-                    f"obs[{spec.dose_key!r}] has {int(isna.sum())} cells with a missing (NaN) dose; fill or drop them."
-                )
-            for value in set(dose_labels.tolist()):
-                parse_dose(value, spec.combination_delimiter, key=spec.dose_key)
+            _check_doses(adata, spec.dose_key, spec.combination_delimiter)
         means: dict[str, float] = {}
         stds: dict[str, float] = {}
         for key in spec.continuous_keys():
@@ -366,38 +300,9 @@ class DataRegistry:
         keys = self.categorical_keys()
         out = np.empty((adata.n_obs, len(keys)), dtype=np.int64)
         for j, key in enumerate(keys):
-            series = obs_column(adata, key, "registered categorical key")
-            known = pd.Index(self.categories[key])
-            if isinstance(series.dtype, pd.CategoricalDtype):
-                lut = known.get_indexer([str(c) for c in series.cat.categories])
-                raw = series.cat.codes.to_numpy().astype(np.int64)
-                codes = np.where(raw >= 0, lut[np.maximum(raw, 0)] if lut.size else -1, -1)
-            else:
-                labels, isna = label_strings(series)
-                codes = known.get_indexer(labels).astype(np.int64)
-                codes[isna] = -1
-            isna = series.isna().to_numpy()
-            bad = codes < 0
-            if bad.any() and unknown == "error":
-                if isna.any():
-                    raise UnknownLabelError(
-                        f"obs[{key!r}] has {int(isna.sum())} cells with a missing (NaN) label; fill or drop "
-                        "them, "
-                        "or pass unknown='unknown' to encode them as -1."
-                    )
-                labels, _ = label_strings(series[bad])
-                unseen = sorted(set(labels.tolist()))
-                shown = ", ".join(repr(u) for u in unseen[:10])
-                more = f" (and {len(unseen) - 10} more)" if len(unseen) > 10 else ""
-                known_list = list(self.categories[key])
-                known_str = ", ".join(repr(k) for k in known_list[:30]) + (" ..." if len(known_list) > 30 else "")
-                raise UnknownLabelError(
-                    f"obs[{key!r}] has {len(unseen)} label(s) not seen at registration: {shown}{more} "
-                    f"({int(bad.sum())} cells). Known labels: {known_str}. Register the data again, drop "
-                    "those "
-                    "cells, or pass unknown='unknown' to encode them as -1."
-                )
-            out[:, j] = codes
+            out[:, j] = _encode_column(
+                obs_column(adata, key, "registered categorical key"), key, self.categories[key], unknown
+            )
         return out
 
     def encode_continuous(self, adata: AnnData) -> np.ndarray:
@@ -566,46 +471,56 @@ def setup_anndata(adata: AnnData, spec: DataSpec | None = None, **spec_fields: A
     return DataRegistry.from_adata(adata, spec)
 
 
-def split_label(label: Any, control: str, delimiter: str, *, key: str | None) -> tuple[str, ...]:
-    """The agents of a perturbation label (the one label grammar): ``'SET+KLF1'`` -> ``('SET', 'KLF1')``.
-
-    The control label gives ``()``; control parts of a combination (``'ctrl+KLF1'``) are dropped; an empty
-    part (``'A++B'``) is refused. ``key`` names the obs column in the error message.
-    """
-    if not isinstance(label, str):
-        raise InvalidInputError(f"perturbation label {label!r} must be a string.")
-    if label == control:
-        return ()
-    parts = label.split(delimiter)
-    if any(p == "" for p in parts):
-        where = f"obs[{key!r}]" if key else "perturbation"
-        raise InvalidInputError(
-            f"{where} label {label!r} has an empty part when split on {delimiter!r}; "
-            "expected names joined by the delimiter, e.g. 'SET+KLF1'."
-        )
-    return tuple(p for p in parts if p != control)
-
-
-def parse_dose(value: Any, delimiter: str, *, key: str | None) -> tuple[float, ...]:
-    """One dose per agent: a number, or numbers joined by ``delimiter`` (``'1+0.5'``); refused otherwise."""
-    where = f"obs[{key!r}]" if key else "dose"
-    if isinstance(value, bool):
-        raise InvalidInputError(f"{where} value {value!r} is not a dose; expected a number or e.g. '1+1'.")
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        parts_f = (float(value),)
+def _encode_column(series: pd.Series, key: str, categories: Sequence[str], unknown: str) -> np.ndarray:
+    """Codes of one label column against its registered ``categories`` (-1 for unseen or missing labels)."""
+    known = pd.Index(categories)
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        lut = known.get_indexer([str(c) for c in series.cat.categories])
+        raw = series.cat.codes.to_numpy().astype(np.int64)
+        codes = np.where(raw >= 0, lut[np.maximum(raw, 0)] if lut.size else -1, -1)
     else:
-        text = str(value)
-        try:
-            parts_f = tuple(float(p) for p in text.split(delimiter))
-        except ValueError:
-            raise InvalidInputError(
-                f"{where} value {value!r} is not a dose; expected a number or numbers joined by "
-                f"{delimiter!r} "
-                "(e.g. '1+1')."
-            ) from None
-    if not all(math.isfinite(p) for p in parts_f):
-        raise InvalidInputError(f"{where} value {value!r} is not finite.")
-    return parts_f
+        labels, isna = label_strings(series)
+        codes = known.get_indexer(labels).astype(np.int64)
+        codes[isna] = -1
+    isna = series.isna().to_numpy()
+    bad = codes < 0
+    if bad.any() and unknown == "error":
+        if isna.any():
+            raise UnknownLabelError(
+                f"obs[{key!r}] has {int(isna.sum())} cells with a missing (NaN) label; fill or drop "
+                "them, or pass unknown='unknown' to encode them as -1."
+            )
+        labels, _ = label_strings(series[bad])
+        unseen = sorted(set(labels.tolist()))
+        shown = ", ".join(repr(u) for u in unseen[:10])
+        more = f" (and {len(unseen) - 10} more)" if len(unseen) > 10 else ""
+        known_list = list(categories)
+        known_str = ", ".join(repr(k) for k in known_list[:30]) + (" ..." if len(known_list) > 30 else "")
+        raise UnknownLabelError(
+            f"obs[{key!r}] has {len(unseen)} label(s) not seen at registration: {shown}{more} "
+            f"({int(bad.sum())} cells). Known labels: {known_str}. Register the data again, drop "
+            "those cells, or pass unknown='unknown' to encode them as -1."
+        )
+    return codes
+
+
+def _agents(labels: Sequence[str], spec: DataSpec) -> tuple[str, ...]:
+    """Sorted unique single perturbations of the perturbation labels (combinations split, control excluded)."""
+    singles: set[str] = set()
+    for label in labels:
+        singles.update(split_label(label, spec.control_value, spec.combination_delimiter, key=spec.perturbation_key))
+    return tuple(sorted(singles))
+
+
+def _check_doses(adata: AnnData, dose_key: str, delimiter: str) -> None:
+    """Refuse missing or unparsable doses in ``obs[dose_key]``."""
+    dose_labels, isna = label_strings(obs_column(adata, dose_key, "dose_key"))
+    if isna.any():
+        raise InvalidInputError(
+            f"obs[{dose_key!r}] has {int(isna.sum())} cells with a missing (NaN) dose; fill or drop them."
+        )
+    for value in set(dose_labels.tolist()):
+        parse_dose(value, delimiter, key=dose_key)
 
 
 def _continuous(adata: AnnData, key: str) -> np.ndarray:

@@ -16,7 +16,14 @@ torch.Size([4])
 >>> x = sample("dpm++2m", lambda x, t: torch.zeros_like(x), obj, (4, 8, 16), steps=5)
 """
 
-from genailab.diffusion.guidance import cfg_combine, compose_guidance
+from genailab.diffusion.guidance import (
+    ConditionFn,
+    GuidedModel,
+    cfg_combine,
+    check_guidance,
+    compose_guidance,
+    guided_denoiser,
+)
 from genailab.diffusion.objectives import (
     OBJECTIVES,
     DiffusionObjective,
@@ -41,19 +48,23 @@ __all__ = [
     "OBJECTIVES",
     "SAMPLERS",
     "SCHEDULES",
+    "ConditionFn",
     "CosineSchedule",
     "Denoiser",
     "DiffusionObjective",
     "EpsObjective",
     "FlowObjective",
     "FlowSchedule",
+    "GuidedModel",
     "LinearSchedule",
     "NoiseSchedule",
     "VObjective",
     "X0Objective",
     "broadcast_to",
     "cfg_combine",
+    "check_guidance",
     "compose_guidance",
+    "guided_denoiser",
     "make_objective",
     "make_schedule",
     "nfe",

@@ -4,13 +4,16 @@
   model must beat.
 - :func:`knn_label_accuracy`, :func:`silhouette`: how well a latent space separates known labels.
 - :func:`marginal_agreement`: per-gene mean / variance / zero-fraction agreement of two count matrices.
-- :func:`write_html_report`: a self-contained HTML page (figures inlined as PNG).
+- :func:`write_html_report`, :func:`figure_to_html`: a self-contained HTML page (figures inlined as PNG);
+  every report lives in :mod:`genailab.evaluation.reports`.
 - :func:`mmd_rbf`, :func:`energy_distance`, :func:`wasserstein1`, :func:`classifier_auc`: two-sample
   distances between point clouds (e.g. PCA coordinates of real and synthetic cells).
 - :func:`pseudobulk`, :data:`BASELINES`: perturbation pseudo-bulk profiles and the simple baselines
   (no-change, train-mean, additive, linear, context-mean) every model is compared with.
 - :func:`evaluate_synthesis`, :func:`write_synthesis_report`: synthetic vs real cells, every distance next
   to a real-vs-real floor, with a JSON + HTML report.
+- :func:`evaluate_perturbation_predictions`, :func:`write_perturbation_report`: predicted perturbation
+  responses scored per query and per method, with uncertainty, and a JSON + HTML report.
 """
 
 from genailab.evaluation.baselines import (
@@ -35,14 +38,16 @@ from genailab.evaluation.metrics import (
     marginal_agreement,
     silhouette,
 )
+from genailab.evaluation.perturbation import PerturbationEvaluation, evaluate_perturbation_predictions
+from genailab.evaluation.perturbation_metrics import QueryPrediction, QueryTruth, query_metrics
 from genailab.evaluation.pseudobulk import PseudoBulk, pseudobulk
-from genailab.evaluation.report import figure_to_html, write_html_report
-from genailab.evaluation.synthesis import (
-    SynthesisEmbedding,
-    evaluate_synthesis,
-    pca_embed,
+from genailab.evaluation.reports import (
+    figure_to_html,
+    write_html_report,
+    write_perturbation_report,
     write_synthesis_report,
 )
+from genailab.evaluation.synthesis import SynthesisEmbedding, evaluate_synthesis, pca_embed
 
 __all__ = [
     "BASELINES",
@@ -51,12 +56,15 @@ __all__ = [
     "LinearBaseline",
     "NoChangeBaseline",
     "PerturbationBaseline",
+    "PerturbationEvaluation",
     "PseudoBulk",
-    "TrainMeanBaseline",
-    "pseudobulk",
+    "QueryPrediction",
+    "QueryTruth",
     "SynthesisEmbedding",
+    "TrainMeanBaseline",
     "classifier_auc",
     "energy_distance",
+    "evaluate_perturbation_predictions",
     "evaluate_synthesis",
     "figure_to_html",
     "gene_nb_baseline_nll",
@@ -65,8 +73,11 @@ __all__ = [
     "median_distance",
     "mmd_rbf",
     "pca_embed",
+    "pseudobulk",
+    "query_metrics",
     "silhouette",
     "wasserstein1",
     "write_html_report",
+    "write_perturbation_report",
     "write_synthesis_report",
 ]

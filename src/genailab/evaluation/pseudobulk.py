@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from genailab.data.counts import log_normalize
+from genailab.data.counts import get_counts, log_normalize
+from genailab.data.labels import split_label
 from genailab.errors import InvalidInputError, MissingKeyError, UnknownLabelError
 
 __all__ = ["PseudoBulk", "pseudobulk"]
@@ -209,10 +210,10 @@ class PseudoBulk:
         Returns
         -------
         tuple[str, ...]
-            Its parts, without empty parts or the control label; ``()`` for the control.
+            Its parts (:func:`genailab.data.split_label`, the one label grammar) without repeats or the control
+            label; ``()`` for the control.
         """
-        parts = (p.strip() for p in str(condition).split(self.delimiter))
-        return tuple(dict.fromkeys(p for p in parts if p and p != self.control))
+        return tuple(dict.fromkeys(split_label(str(condition), self.control, self.delimiter, key=None)))
 
     def perturbed_keys(self, context: str | None = None) -> tuple[tuple[str, str], ...]:
         """Non-control groups whose context has control cells (so that their delta is defined).
@@ -309,8 +310,6 @@ def pseudobulk(
     The selected cells need not include controls (e.g. a held-out test set); :meth:`PseudoBulk.delta` and the
     baselines raise when a context they need has no control cells.
     """
-    from genailab.data.counts import get_counts
-
     matrix = get_counts(adata, layer)
     conditions = _obs_labels(adata, perturbation_key, "perturbation_key")
     contexts = (

@@ -15,8 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from genailab.data.counts import log_normalize
+from genailab.data.gene_sets import read_edges, read_gmt
+from genailab.data.genes import GeneIdMap, detect_id_type
 from genailab.errors import InvalidInputError, MissingKeyError
 from genailab.tokenizers.base import TokenizerResources
+from genailab.tokenizers.grn import harmonize_edges
+from genailab.tokenizers.modules import fit_nmf_modules
+from genailab.tokenizers.pathway import harmonize_gene_sets
+from genailab.tokenizers.rank import gene_medians_from_geneformer
 
 __all__ = ["RESOURCE_USERS", "load_tokenizer_resources"]
 
@@ -32,8 +39,6 @@ RESOURCE_USERS: dict[str, frozenset[str]] = {
 
 
 def _id_map(adata: Any, config: Any) -> Any:
-    from genailab.data import GeneIdMap
-
     if config.id_map is not None:
         return GeneIdMap.from_tsv(config.id_map)
     if config.symbols_key is not None:
@@ -60,17 +65,12 @@ def _nmf_count(spec: str, default: int) -> int:
 
 
 def _log_expression(adata: Any, rows: np.ndarray | None, layer: str | None, max_cells: int, seed: int) -> np.ndarray:
-    import scipy.sparse as sp
-
+    """Log-normalised counts (CP10k) of up to ``max_cells`` of ``rows``, drawn with ``seed``."""
     rows = np.arange(adata.n_obs) if rows is None else np.asarray(rows)
     if len(rows) > max_cells:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_cells, replace=False))
     sub = adata[rows]
-    x = sub.layers[layer] if layer is not None else sub.X
-    x = x.toarray() if sp.issparse(x) else np.asarray(x)
-    x = x.astype(np.float64)
-    lib = x.sum(1, keepdims=True)
-    return np.log1p(x / np.maximum(lib, 1.0) * 1e4)
+    return log_normalize(sub.layers[layer] if layer is not None else sub.X, target_sum=1e4)
 
 
 def load_tokenizer_resources(
@@ -98,9 +98,6 @@ def load_tokenizer_resources(
     InvalidInputError
         For a resource the chosen tokenizer does not use, or a file whose genes do not match.
     """
-    from genailab.tokenizers.grn import harmonize_edges
-    from genailab.tokenizers.pathway import harmonize_gene_sets
-
     name = config.tokenizer.name
     given = {k for k in ("gene_sets", "grn", "gene_medians") if getattr(config, k) is not None}
     used = RESOURCE_USERS.get(name)
@@ -121,8 +118,6 @@ def load_tokenizer_resources(
     if config.gene_sets is not None:
         spec = str(config.gene_sets)
         if spec == "nmf" or spec.startswith("nmf:"):
-            from genailab.tokenizers.modules import fit_nmf_modules
-
             k = _nmf_count(spec, config.n_modules)
             layer = config.data.layer if hasattr(config, "data") else None
             per = min(config.module_genes, len(genes))
@@ -130,19 +125,12 @@ def load_tokenizer_resources(
             gene_sets = fit_nmf_modules(x, genes, n_modules=k, genes_per_module=per, seed=seed)
             report["gene_sets"] = {"source": "nmf", "n_modules": k, "genes_per_module": per}
         else:
-            from genailab.data import read_gmt
-
             gene_sets, rep = harmonize_gene_sets(read_gmt(spec), genes, id_map=id_map)
             report["gene_sets"] = {"source": str(Path(spec).resolve()), **rep}
     if config.grn is not None:
-        from genailab.data import read_edges
-
         edges, rep = harmonize_edges(read_edges(config.grn), genes, id_map=id_map)
         report["grn"] = {"source": str(Path(config.grn).resolve()), **rep}
     if config.gene_medians is not None:
-        from genailab.data.genes import detect_id_type
-        from genailab.tokenizers.rank import gene_medians_from_geneformer
-
         path = Path(config.gene_medians)
         if not path.is_file():
             raise InvalidInputError(f"gene_medians={str(path)!r} does not exist; expected a Geneformer median .pkl.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import random
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from genailab.config import Config, check_choice, check_fraction, check_positive
+from genailab.data import make_dataloader, random_split
 from genailab.errors import InvalidInputError
 from genailab.io import check_writable
 
@@ -148,11 +150,11 @@ def RecipeModule(  # noqa: N802 - returns the lazily imported class's instance
     """Wrap ``recipe`` (a module with ``training_step(batch, epoch=...) -> LossOutput``) for Lightning.
 
     Lightning is imported lazily (it costs ~6 s), so importing genailab stays fast; the class itself is
-    :class:`genailab.training.module.LightningRecipe`.
+    :class:`genailab.training.module.LightningRecipe`, whose module imports Lightning at its top and is
+    therefore loaded here, on first use, rather than with this module.
     """
-    from genailab.training.module import LightningRecipe
-
-    return LightningRecipe(recipe, config, train_loader, val_loader)
+    lightning_recipe = importlib.import_module("genailab.training.module").LightningRecipe
+    return lightning_recipe(recipe, config, train_loader, val_loader)
 
 
 def _quiet_lightning() -> None:
@@ -308,8 +310,6 @@ def split_indices(n_obs: int, config: TrainConfig, split: Any = None, *, seed: i
     drive early stopping); with ``val_fraction == 0`` every cell trains. A given split's ``val`` cells
     validate whatever ``val_fraction`` says; its ``test`` cells are never used.
     """
-    from genailab.data import random_split
-
     if split is None and config.val_fraction > 0:
         split = random_split(n_obs, val_fraction=config.val_fraction, test_fraction=0.0, seed=seed)
     if split is None:
@@ -319,8 +319,6 @@ def split_indices(n_obs: int, config: TrainConfig, split: Any = None, *, seed: i
 
 def train_loaders(train_ds: Any, val_ds: Any | None, config: TrainConfig, *, seed: int = 0) -> tuple[Any, Any]:
     """Shuffled training loader (last partial batch dropped when there is more than one) and validation loader."""
-    from genailab.data import make_dataloader
-
     train_loader = make_dataloader(
         train_ds, batch_size=config.batch_size, shuffle=True, seed=seed, drop_last=len(train_ds) > config.batch_size
     )

@@ -1,8 +1,9 @@
 """Workflows behind ``genailab synth adapt``, ``genailab perturb adapt`` and ``genailab synth distill``.
 
-Each writes ``run_config.json`` first (the resolved config, seed and versions; a rerun with the same
-settings resumes from the run's last checkpoint), then the model files (``config.json`` last), then
-``run.json`` (the summary: method report, trainable vs total parameters, wall time).
+Each opens its run directory through :class:`~genailab.workflows.rundir.RunDirectory` (the resolved
+config, seed and versions first; a rerun with the same settings resumes from the run's last checkpoint),
+then writes the model files (``config.json`` last), then the summary (method report, trainable vs total
+parameters, wall time).
 """
 
 from __future__ import annotations
@@ -11,30 +12,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from genailab.data import read_h5ad
 from genailab.errors import InvalidInputError
-from genailab.io import atomic_write_json, check_writable
+from genailab.foundation.recipes import LatentDiffusionModel, distill_latent_diffusion, load_model, save_distilled
+from genailab.foundation.recipes.adapted import adapt_perturbation, adapt_synthesis, save_adapted
+from genailab.io import check_writable
+from genailab.training import seed_everything
+from genailab.workflows.runconfig import (
+    AdaptRunConfig,
+    DistillRunConfig,
+    PerturbAdaptRunConfig,
+    resolve_run_config,
+)
+from genailab.workflows.rundir import RunDirectory, read_run_config
 
 __all__ = ["adapt_perturb", "adapt_synth", "distill_synth"]
-
-RUN_CONFIG = "run_config.json"
-RUN_SUMMARY = "run.json"
-
-
-def _resolve(config_path: Any, sets: list[str] | None, cli: dict[str, Any], cls: type) -> Any:
-    from genailab.workflows.runconfig import resolve_run_config
-
-    return resolve_run_config(config_path, list(sets or []), cli=cli, cls=cls)
-
-
-def _start(out: Path, config: Any, extra: dict[str, Any]) -> dict[str, Any]:
-    from genailab.workflows.runconfig import versions
-    from genailab.workflows.synth import _check_same_run
-
-    resolved = {"config": config.to_dict(), "seed": config.seed, **extra}
-    _check_same_run(out, resolved)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / RUN_CONFIG, {**resolved, "versions": versions()})
-    return resolved
 
 
 def adapt_synth(
@@ -53,21 +45,17 @@ def adapt_synth(
     from the new cells). The adapted directory holds only the trained modules and refers to the base
     by path and hash; ``genailab synth sample`` reads it like any model directory.
     """
-    from genailab.data import read_h5ad
-    from genailab.foundation.recipes.adapted import adapt_synthesis, save_adapted
-    from genailab.workflows.runconfig import AdaptRunConfig
-
     out = check_writable(out, argument="--out")
     if tuning == "distill":
         return distill_synth(base_dir, out, data=data, config_path=config_path, sets=sets, seed=seed)
-    config = _resolve(config_path, sets, {"tuning.method": tuning, "seed": seed}, AdaptRunConfig)
-    resolved = _start(out, config, {"base": str(Path(base_dir).resolve()), "data": str(Path(data).resolve())})
+    cli = {"tuning.method": tuning, "seed": seed}
+    config = resolve_run_config(config_path, list(sets or []), cli=cli, cls=AdaptRunConfig)
+    run = RunDirectory.open(out, config, base=str(Path(base_dir).resolve()), data=str(Path(data).resolve()))
     adata = read_h5ad(data)
     t0 = time.perf_counter()
-    train = config.train
-    model, record = adapt_synthesis(base_dir, adata, config.tuning, train, out_dir=out, seed=config.seed)
+    model, record = adapt_synthesis(base_dir, adata, config.tuning, config.train, out_dir=out, seed=config.seed)
     save_adapted(model, out, base_dir=base_dir, record=record)
-    return _finish(out, resolved, record, t0)
+    return run.finish({**record, "wall_s": time.perf_counter() - t0})
 
 
 def adapt_perturb(
@@ -85,49 +73,30 @@ def adapt_perturb(
     The new data holds control and perturbed cells of the new context; new context values extend
     the context tables and a share of the perturbation conditions re-calibrates the intervals.
     """
-    from genailab.data import read_h5ad
-    from genailab.foundation.recipes.adapted import adapt_perturbation, save_adapted
-    from genailab.workflows.runconfig import PerturbAdaptRunConfig
-
     out = check_writable(out, argument="--out")
     if tuning == "distill":
         raise InvalidInputError(
             "--tuning distill applies to synthesis models (genailab synth distill); a perturbation model is "
             "already small. Choose full, linear_probe, adapter, lora, partial or conditioning."
         )
-    config = _resolve(config_path, sets, {"tuning.method": tuning, "seed": seed}, PerturbAdaptRunConfig)
-    resolved = _start(out, config, {"base": str(Path(base_dir).resolve()), "data": str(Path(data).resolve())})
+    cli = {"tuning.method": tuning, "seed": seed}
+    config = resolve_run_config(config_path, list(sets or []), cli=cli, cls=PerturbAdaptRunConfig)
+    run = RunDirectory.open(out, config, base=str(Path(base_dir).resolve()), data=str(Path(data).resolve()))
     adata = read_h5ad(data)
     t0 = time.perf_counter()
     model, record = adapt_perturbation(
         base_dir, adata, config.tuning, config.train, val_fraction=config.val_fraction, out_dir=out, seed=config.seed
     )
     save_adapted(model, out, base_dir=base_dir, record=record)
-    return _finish(out, resolved, record, t0)
-
-
-def _finish(out: Path, resolved: dict[str, Any], record: dict[str, Any], t0: float) -> dict[str, Any]:
-    from genailab.workflows.runconfig import versions
-
-    summary = {
-        **resolved,
-        "model_dir": str(out),
-        **record,
-        "wall_s": time.perf_counter() - t0,
-        "versions": versions(),
-    }
-    atomic_write_json(out / RUN_SUMMARY, summary)
-    return summary
+    return run.finish({**record, "wall_s": time.perf_counter() - t0})
 
 
 def _teacher_data(model_dir: Path, data: str | Path | None) -> Path:
     if data is not None:
         return Path(data)
-    from genailab.serialization import read_json
-
-    run = model_dir / RUN_CONFIG
-    if run.is_file():
-        path = read_json(run, what=f"run config {str(run)!r}").get("data", {}).get("path")
+    teacher_run = read_run_config(model_dir)
+    if teacher_run is not None:
+        path = teacher_run.get("data", {}).get("path")
         if path and Path(path).is_file():
             return Path(path)
     raise InvalidInputError(
@@ -154,19 +123,13 @@ def distill_synth(
     :func:`~genailab.foundation.recipes.distill.distill_latent_diffusion`). Conditions are drawn from
     ``data`` (default: the teacher run's training data).
     """
-    from genailab.data import read_h5ad
-    from genailab.foundation.recipes import LatentDiffusionModel
-    from genailab.foundation.recipes.distill import distill_latent_diffusion, save_distilled
-    from genailab.training import seed_everything
-    from genailab.workflows.runconfig import DistillRunConfig
-
     out = check_writable(out, argument="--out")
     model_dir = Path(model_dir)
     cli = {"distill.student_preset": student_preset, "distill.steps": steps, "seed": seed}
-    config = _resolve(config_path, sets, cli, DistillRunConfig)
+    config = resolve_run_config(config_path, list(sets or []), cli=cli, cls=DistillRunConfig)
     data_path = _teacher_data(model_dir, data)
-    resolved = _start(out, config, {"teacher": str(model_dir.resolve()), "data": str(data_path.resolve())})
-    teacher = LatentDiffusionModel.from_pretrained(model_dir)
+    run = RunDirectory.open(out, config, teacher=str(model_dir.resolve()), data=str(data_path.resolve()))
+    teacher = load_model(model_dir, expected=LatentDiffusionModel)
     adata = read_h5ad(data_path)
     conditions = teacher.encode_conditions(adata, unknown="unknown") if teacher.config.condition_keys else None
     seed_everything(config.seed)
@@ -178,4 +141,4 @@ def distill_synth(
     vae_dir = model_dir / source["relative"] if source.get("relative") else Path(source["path"])
     save_distilled(student, {"teacher_dir": str(model_dir.resolve()), **report}, out, vae_dir=vae_dir)
     report = {k: v for k, v in report.items() if k != "history"}
-    return _finish(out, resolved, {"kind": "distill", "distill": report}, t0)
+    return run.finish({"kind": "distill", "distill": report, "wall_s": time.perf_counter() - t0})

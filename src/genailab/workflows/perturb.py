@@ -1,49 +1,83 @@
 """End-to-end perturbation workflows behind ``genailab perturb train | predict | evaluate``.
 
-A run directory holds ``run_config.json`` (written first), ``split.json``, ``vae/`` (trained on the
-training cells only), ``member_K/`` (checkpoints and logs of each ensemble member), the model files
-(``config.json`` last) and ``run.json`` (written when training finished).
+A run directory (opened through :class:`~genailab.workflows.rundir.RunDirectory`) holds the resolved
+run config (written first), ``split.json``, ``vae/`` (trained on the training cells only), ``member_K/``
+(checkpoints and logs of each ensemble member), the model files (``config.json`` last) and the run
+summary (written when training finished).
+
+The held-out set of a run is drawn by the split kind named in its config (``--split``), one function
+per kind in :data:`PERTURB_SPLITS`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from genailab.data.spec import obs_labels
+from genailab.constants import BATCH_KEYS
+from genailab.data import (
+    DataSpec,
+    Split,
+    carve_validation,
+    combination_split,
+    holdout_split,
+    log_normalize,
+    obs_labels,
+    parse_holdouts,
+    read_gmt,
+    read_h5ad,
+    split_label,
+    validate_counts,
+)
 from genailab.errors import InvalidInputError
-from genailab.io import atomic_write_json, check_writable
+from genailab.evaluation import (
+    BASELINES,
+    QueryPrediction,
+    QueryTruth,
+    evaluate_perturbation_predictions,
+    pseudobulk,
+    write_perturbation_report,
+)
+from genailab.foundation.perturbation.compounds import compound_priors, read_smiles
+from genailab.foundation.perturbation.priors import build_gene_priors
+from genailab.foundation.recipes import LatentTokenVAE, PerturbDeltaModel, load_model
+from genailab.io import atomic_write_json, check_writable, write_h5ad
+from genailab.registry import Registry
+from genailab.serialization import CONFIG_NAME
+from genailab.training import seed_everything
+from genailab.workflows.runconfig import PerturbRunConfig, VAERunConfig, resolve_run_config
+from genailab.workflows.rundir import RunDirectory, read_run_config, split_path, write_output_record
+from genailab.workflows.vae import train_vae_on
 
-__all__ = ["evaluate_perturb", "predict_perturb", "train_perturb", "train_perturb_on"]
-
-RUN_CONFIG = "run_config.json"
-RUN_SUMMARY = "run.json"
-SPLIT = "split.json"
-_VAL_KIND = {"unseen_single": "agent", "combo": "combination", "context": "pair"}
+__all__ = [
+    "PERTURB_SPLITS",
+    "SplitInputs",
+    "evaluate_perturb",
+    "make_split",
+    "predict_perturb",
+    "train_perturb",
+    "train_perturb_on",
+]
 
 
 def _context_labels(adata: Any, key: str | None) -> np.ndarray:
-
     if key is None:
         return np.full(adata.n_obs, "", dtype=object)
     return obs_labels(adata, key, "--context-key")
 
 
-def _load_priors(config: Any, readout: Sequence[str]) -> Any:
+def _load_priors(config: PerturbRunConfig, readout: Sequence[str]) -> Any:
     if config.smiles is not None:
         if config.gene_sets or config.grn:
             raise InvalidInputError("give either --smiles (compounds) or --gene-sets/--grn (genes), not both.")
-        from genailab.foundation.perturbation.compounds import compound_priors, read_smiles
-
         return compound_priors(read_smiles(config.smiles))
     if not config.gene_sets and not config.grn:
         return None
-    from genailab.foundation.perturbation.priors import build_gene_priors
-
     return build_gene_priors(
         gene_sets=[str(p) for p in config.gene_sets],
         grn=[str(p) for p in config.grn],
@@ -53,11 +87,45 @@ def _load_priors(config: Any, readout: Sequence[str]) -> Any:
     )
 
 
-def make_split(adata: Any, config: Any, priors: Any = None) -> Any:
-    """The held-out split of a run config (``holdouts`` and/or ``split``), validation conditions carved."""
-    from genailab.data.perturbation_splits import carve_validation, holdout_split, parse_holdouts
-    from genailab.data.splits import combination_split
+@dataclass(frozen=True)
+class SplitInputs:
+    """What a split kind draws its held-out set from.
 
+    Parameters
+    ----------
+    adata
+        The perturbation screen.
+    config
+        The resolved run config.
+    priors
+        Prior features of the agents (``None`` without priors).
+    labels, contexts
+        Per-cell condition and context labels.
+    parts
+        Each condition's agents (``()`` for the control).
+    everywhere, pairs
+        The explicit ``--holdout P`` and ``--holdout P@C`` hold-outs.
+    rng
+        The run's random generator (seeded with ``config.seed``).
+    """
+
+    adata: Any
+    config: PerturbRunConfig
+    priors: Any
+    labels: np.ndarray
+    contexts: np.ndarray
+    parts: Mapping[str, tuple[str, ...]]
+    everywhere: list[str]
+    pairs: list[tuple[str, str]]
+    rng: np.random.Generator
+
+
+PERTURB_SPLITS: Registry[Callable[[SplitInputs], Split]] = Registry("split kind")
+"""``--split`` kinds: ``name -> draw(inputs) -> Split`` (validation conditions carved)."""
+
+
+def make_split(adata: Any, config: PerturbRunConfig, priors: Any = None) -> Split:
+    """The held-out split of a run config (``holdouts`` and/or ``split``), validation conditions carved."""
     labels = obs_labels(adata, config.perturbation_key, "--perturbation-key")
     contexts = _context_labels(adata, config.context_key)
     if config.control not in set(labels.tolist()):
@@ -74,65 +142,116 @@ def make_split(adata: Any, config: Any, priors: Any = None) -> Any:
     if pairs and config.context_key is None:
         raise InvalidInputError("--holdout P@C needs --context-key (the obs column of contexts).")
     rng = np.random.default_rng(config.seed)
-    parts = {lab: () if lab == config.control else tuple(lab.split(config.delimiter)) for lab in set(labels.tolist())}
-    singles = sorted(lab for lab, ps in parts.items() if len(ps) == 1)
-    eligible = [s for s in singles if priors is None or s in priors]
-    kind = config.split
-    if kind == "all":
-        return _split_all(labels, contexts, parts, config, everywhere or pairs, priors)
-    if kind == "unseen_single":
-        pool = [s for s in eligible if s not in everywhere]
-        if len(pool) < 2:
-            raise InvalidInputError(
-                "--split unseen_single needs at least 2 single perturbations with prior features; "
-                f"found {pool}. Pass --gene-sets / --grn files that cover the perturbed genes."
-            )
-        k = min(max(1, int(round(config.split_fraction * len(pool)))), len(pool) - 1)
-        everywhere = everywhere + sorted(rng.choice(np.array(pool, dtype=object), k, replace=False).tolist())
-    elif kind == "context":
-        if config.context_key is None:
-            raise InvalidInputError("--split context needs --context-key.")
-        multi = sorted(
-            {(lab, c) for lab, c in zip(labels.tolist(), contexts.tolist(), strict=True) if lab != config.control}
-        )
-        by_label: dict[str, list[str]] = {}
-        for lab, c in multi:
-            by_label.setdefault(lab, []).append(c)
-        candidates = [(lab, c) for lab, cs in by_label.items() if len(cs) > 1 for c in cs]
-        if not candidates:
-            raise InvalidInputError("--split context: no perturbation occurs in two or more contexts.")
-        order = rng.permutation(len(candidates))[: config.split_n_pairs]
-        pairs = pairs + [candidates[int(i)] for i in order]
-    elif kind == "combo":
-        base = combination_split(
-            adata.obs,
-            config.perturbation_key,
-            seen=config.split_seen,
-            control=config.control,
-            delimiter=config.delimiter,
-            val_fraction=0.0,
-            seed=config.seed,
-        )
-        held = list(base.params["held_out"])
-        if config.split_seen < 2:
-            everywhere = everywhere + list(base.params["removed_singles"])
-        everywhere = everywhere + held
-    split = holdout_split(
-        labels,
-        contexts,
+    parts = {
+        lab: split_label(lab, config.control, config.delimiter, key=config.perturbation_key)
+        for lab in set(labels.tolist())
+    }
+    inputs = SplitInputs(adata, config, priors, labels, contexts, parts, everywhere, pairs, rng)
+    return PERTURB_SPLITS.get(config.split)(inputs)
+
+
+def _carve(inputs: SplitInputs, split: Split, val_kind: str) -> Split:
+    config = inputs.config
+    return carve_validation(
+        split,
+        inputs.labels,
+        inputs.contexts,
+        kind=val_kind,
+        fraction=config.model.val_fraction,
+        seed=config.seed + 1,
+        control=config.control,
+        delimiter=config.delimiter,
+        eligible=[] if inputs.priors is None else list(inputs.priors.genes),
+    )
+
+
+def _hold_out(inputs: SplitInputs, name: str, everywhere: list[str], pairs: list[tuple[str, str]]) -> Split:
+    config = inputs.config
+    return holdout_split(
+        inputs.labels,
+        inputs.contexts,
         everywhere=everywhere,
         pairs=pairs,
         control=config.control,
         delimiter=config.delimiter,
-        name=kind if kind != "none" else "holdout",
+        name=name,
         params={"seed": config.seed, "perturbation_key": config.perturbation_key, "context_key": config.context_key},
     )
-    if kind == "combo" and config.split_seen < 2:
+
+
+@PERTURB_SPLITS.register("none")
+def _split_none(inputs: SplitInputs) -> Split:
+    """Only the explicit ``--holdout`` hold-outs; validation conditions of the same kind."""
+    everywhere, pairs = inputs.everywhere, inputs.pairs
+    split = _hold_out(inputs, "holdout", everywhere, pairs)
+    if pairs and not everywhere:
+        val_kind = "pair"
+    elif any(len(inputs.parts[p]) == 1 for p in everywhere):
+        val_kind = "agent"
+    else:
+        val_kind = "combination"
+    return _carve(inputs, split, val_kind)
+
+
+@PERTURB_SPLITS.register("unseen_single")
+def _split_unseen_single(inputs: SplitInputs) -> Split:
+    """A fraction ``split_fraction`` of the single agents with prior features, held out everywhere."""
+    config, everywhere = inputs.config, inputs.everywhere
+    singles = sorted(lab for lab, ps in inputs.parts.items() if len(ps) == 1)
+    eligible = [s for s in singles if inputs.priors is None or s in inputs.priors]
+    pool = [s for s in eligible if s not in everywhere]
+    if len(pool) < 2:
+        raise InvalidInputError(
+            "--split unseen_single needs at least 2 single perturbations with prior features; "
+            f"found {pool}. Pass --gene-sets / --grn files that cover the perturbed genes."
+        )
+    k = min(max(1, int(round(config.split_fraction * len(pool)))), len(pool) - 1)
+    everywhere = everywhere + sorted(inputs.rng.choice(np.array(pool, dtype=object), k, replace=False).tolist())
+    return _carve(inputs, _hold_out(inputs, "unseen_single", everywhere, inputs.pairs), "agent")
+
+
+@PERTURB_SPLITS.register("context")
+def _split_context(inputs: SplitInputs) -> Split:
+    """``split_n_pairs`` perturbations that occur in two or more contexts, each held out in one of them."""
+    config, labels, contexts = inputs.config, inputs.labels, inputs.contexts
+    if config.context_key is None:
+        raise InvalidInputError("--split context needs --context-key.")
+    multi = sorted(
+        {(lab, c) for lab, c in zip(labels.tolist(), contexts.tolist(), strict=True) if lab != config.control}
+    )
+    by_label: dict[str, list[str]] = {}
+    for lab, c in multi:
+        by_label.setdefault(lab, []).append(c)
+    candidates = [(lab, c) for lab, cs in by_label.items() if len(cs) > 1 for c in cs]
+    if not candidates:
+        raise InvalidInputError("--split context: no perturbation occurs in two or more contexts.")
+    order = inputs.rng.permutation(len(candidates))[: config.split_n_pairs]
+    pairs = inputs.pairs + [candidates[int(i)] for i in order]
+    return _carve(inputs, _hold_out(inputs, "context", inputs.everywhere, pairs), "pair")
+
+
+@PERTURB_SPLITS.register("combo")
+def _split_combo(inputs: SplitInputs) -> Split:
+    """Combinations with ``split_seen`` of their singles seen in training; the test set holds the combinations."""
+    config, labels = inputs.config, inputs.labels
+    base = combination_split(
+        inputs.adata.obs,
+        config.perturbation_key,
+        seen=config.split_seen,
+        control=config.control,
+        delimiter=config.delimiter,
+        val_fraction=0.0,
+        seed=config.seed,
+    )
+    held = list(base.params["held_out"])
+    everywhere = inputs.everywhere
+    if config.split_seen < 2:
+        everywhere = everywhere + list(base.params["removed_singles"])
+    split = _hold_out(inputs, "combo", everywhere + held, inputs.pairs)
+    if config.split_seen < 2:
         # removed singles are unseen agents, not targets: keep the test set to the combinations
         test_labels = set(held)
         keep = np.array([labels[i] in test_labels for i in split.test])
-        from genailab.data.splits import Split
-
         split = Split(
             split.name,
             train=split.train,
@@ -143,54 +262,22 @@ def make_split(adata: Any, config: Any, priors: Any = None) -> Any:
                 "excluded": sorted(set(split.params["excluded"]) | set(split.test[~keep].tolist())),
             },
         )
-    val_kind = _VAL_KIND.get(kind)
-    if val_kind is None:
-        val_kind = (
-            "pair"
-            if pairs and not everywhere
-            else "agent"
-            if any(len(parts[p]) == 1 for p in everywhere)
-            else ("combination")
-        )
-    return carve_validation(
-        split,
-        labels,
-        contexts,
-        kind=val_kind,
-        fraction=config.model.val_fraction,
-        seed=config.seed + 1,
-        control=config.control,
-        delimiter=config.delimiter,
-        eligible=[] if priors is None else list(priors.genes),
-    )
+    return _carve(inputs, split, "combination")
 
 
-def _split_all(
-    labels: np.ndarray, contexts: np.ndarray, parts: Mapping[str, tuple[str, ...]], config: Any, held: Any, priors: Any
-) -> Any:
+@PERTURB_SPLITS.register("all")
+def _split_all(inputs: SplitInputs) -> Split:
     """Every cell trains (a base model to adapt later); validation conditions are still carved for calibration."""
-    from genailab.data.perturbation_splits import carve_validation
-    from genailab.data.splits import Split
-
-    if held:
+    config, labels = inputs.config, inputs.labels
+    if inputs.everywhere or inputs.pairs:
         raise InvalidInputError("--split all trains on every cell; do not combine it with --holdout.")
     empty = np.zeros(0, dtype=np.int64)
     params = {"seed": config.seed, "perturbation_key": config.perturbation_key, "context_key": config.context_key,
               "test_fraction": 0, "held_out": [], "held_out_pairs": [], "excluded": [], "control": config.control,
               "delimiter": config.delimiter, "n_obs": len(labels)}  # fmt: skip
     split = Split("all", train=np.arange(len(labels)), val=empty, test=empty, params=params)
-    combos = any(len(ps) > 1 for ps in parts.values())
-    return carve_validation(
-        split,
-        labels,
-        contexts,
-        kind="combination" if combos else "agent",
-        fraction=config.model.val_fraction,
-        seed=config.seed + 1,
-        control=config.control,
-        delimiter=config.delimiter,
-        eligible=[] if priors is None else list(priors.genes),
-    )
+    combos = any(len(ps) > 1 for ps in inputs.parts.values())
+    return _carve(inputs, split, "combination" if combos else "agent")
 
 
 def train_perturb(
@@ -212,9 +299,6 @@ def train_perturb(
     vae_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """``genailab perturb train``: split, train the VAE on training cells, train and calibrate the ensemble."""
-    from genailab.data import read_h5ad
-    from genailab.workflows.runconfig import PerturbRunConfig, resolve_run_config
-
     check_writable(out, argument="--out")
     cli = {
         "perturbation_key": perturbation_key,
@@ -239,20 +323,12 @@ def train_perturb(
 def train_perturb_on(
     adata: Any,
     out: str | Path,
-    config: Any,
+    config: PerturbRunConfig,
     *,
     vae_dir: str | Path | None = None,
     data_desc: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a perturbation model on an AnnData (see :func:`train_perturb`); returns the run summary."""
-    from genailab.data import DataSpec, validate_counts
-    from genailab.data.splits import Split
-    from genailab.foundation.recipes import LatentTokenVAE, PerturbDeltaModel
-    from genailab.serialization import CONFIG_NAME
-    from genailab.training import seed_everything
-    from genailab.workflows.runconfig import VAERunConfig, versions
-    from genailab.workflows.synth import _check_same_run, train_vae_on
-
     out = check_writable(out, argument="--out")
     validate_counts(adata, layer=config.layer)
     if config.context_key is not None and config.context_key not in config.model.context_keys:
@@ -260,19 +336,15 @@ def train_perturb_on(
             model=config.model.replace(context_keys=(config.context_key, *config.model.context_keys))
         )
     data_desc = dict(data_desc or {}, n_obs=int(adata.n_obs), n_vars=int(adata.n_vars))
-    resolved = {"config": config.to_dict(), "seed": config.seed, "data": data_desc, "vae_dir": vae_dir and str(vae_dir)}
-    _check_same_run(out, resolved)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / RUN_CONFIG, {**resolved, "versions": versions()})
+    run = RunDirectory.open(out, config, data=data_desc, vae_dir=vae_dir and str(vae_dir))
     t0 = time.perf_counter()
     seed_everything(config.seed)
     priors = _load_priors(config, list(adata.var_names))
-    split_path = out / SPLIT
-    if split_path.is_file():
-        split = Split.load(split_path)  # resuming: the same split
+    if run.split_path.is_file():
+        split = Split.load(run.split_path)  # resuming: the same split
     else:
         split = make_split(adata, config, priors)
-        split.save(split_path)
+        split.save(run.split_path)
     train_rows = split.train
     vae_summary: dict[str, Any] | None = None
     if vae_dir is not None:
@@ -308,23 +380,20 @@ def train_perturb_on(
     results = model.fit(adata, train_rows, split.val, config.train, out_dir=out, seed=config.seed)
     model.save_pretrained(out, vae_dir=vae_path)
     n_trainable = sum(p.numel() for p in model.nets.parameters() if p.requires_grad)
-    summary = {
-        **resolved,
-        "model_dir": str(out),
-        "split": {"name": split.name, **split.sizes, "val_conditions": split.params.get("val_conditions", [])},
-        "held_out": split.params.get("held_out", []),
-        "held_out_pairs": split.params.get("held_out_pairs", []),
-        "vae": {"dir": str(vae_path), "wall_s": t_vae, "metrics": (vae_summary or {}).get("metrics", {})},
-        "n_trainable_parameters": n_trainable,
-        "n_frozen_parameters": sum(p.numel() for p in model.vae.parameters()),
-        "calibrated": model.calibrator is not None,
-        "seen_ood_scores": model.seen_ood_scores,
-        "members": [r.to_dict() for r in results],
-        "wall_s": time.perf_counter() - t0,
-        "versions": versions(),
-    }
-    atomic_write_json(out / RUN_SUMMARY, summary)
-    return summary
+    return run.finish(
+        {
+            "split": {"name": split.name, **split.sizes, "val_conditions": split.params.get("val_conditions", [])},
+            "held_out": split.params.get("held_out", []),
+            "held_out_pairs": split.params.get("held_out_pairs", []),
+            "vae": {"dir": str(vae_path), "wall_s": t_vae, "metrics": (vae_summary or {}).get("metrics", {})},
+            "n_trainable_parameters": n_trainable,
+            "n_frozen_parameters": sum(p.numel() for p in model.vae.parameters()),
+            "calibrated": model.calibrator is not None,
+            "seen_ood_scores": model.seen_ood_scores,
+            "members": [r.to_dict() for r in results],
+            "wall_s": time.perf_counter() - t0,
+        }
+    )
 
 
 def _check_priors_cover(model: Any, adata: Any, split: Any, config: Any) -> None:
@@ -346,12 +415,8 @@ def predict_perturb(
     dose: str | None = None,
 ) -> dict[str, Any]:
     """``genailab perturb predict``: one predicted perturbed cell per control cell, written to ``out``."""
-    from genailab.data import read_h5ad
-    from genailab.foundation.recipes import PerturbDeltaModel
-    from genailab.io import write_h5ad
-
     out = check_writable(out, argument="--out")
-    model = PerturbDeltaModel.from_pretrained(model_dir)
+    model = load_model(model_dir, expected=PerturbDeltaModel)
     adata = read_h5ad(controls)
     ctx = None
     if context is not None:
@@ -365,14 +430,15 @@ def predict_perturb(
     pred = model.predict(adata, perturbation, context=ctx, allow_ood=allow_ood, seed=seed, dose=dose)
     write_h5ad(pred, out)
     info = dict(pred.uns["genailab_perturb"])
-    atomic_write_json(
-        out.with_name(out.name + ".json"),
+    write_output_record(
+        out,
         {
             **info,
             "model_dir": str(Path(model_dir).resolve()),
             "controls": str(Path(controls).resolve()),
             "n_cells": int(pred.n_obs),
         },
+        suffix=".json",
     )
     return {**info, "n_cells": int(pred.n_obs), "out": str(out)}
 
@@ -386,26 +452,11 @@ def evaluate_perturb(
     seed: int = 0,
 ) -> dict[str, Any]:
     """``genailab perturb evaluate``: the model and every baseline on the test split saved in ``model_dir``."""
-    from genailab.constants import BATCH_KEYS
-    from genailab.data import read_h5ad
-    from genailab.data.counts import log_normalize
-    from genailab.data.gene_sets import read_gmt
-    from genailab.data.splits import Split
-    from genailab.evaluation.baselines import BASELINES
-    from genailab.evaluation.perturbation import (
-        QueryPrediction,
-        QueryTruth,
-        evaluate_perturbation_predictions,
-        write_perturbation_report,
-    )
-    from genailab.evaluation.pseudobulk import pseudobulk
-    from genailab.foundation.recipes import PerturbDeltaModel
-
     out = check_writable(out, argument="--out")
     d = Path(model_dir)
-    model = PerturbDeltaModel.from_pretrained(d)
-    split = Split.load(d / SPLIT)
-    run_cfg = _read_run_config(d)
+    model = load_model(d, expected=PerturbDeltaModel)
+    split = Split.load(split_path(d))
+    run_cfg = dict((read_run_config(d) or {}).get("config", {}))
     adata = read_h5ad(data) if isinstance(data, (str, Path)) else data
     if int(split.params.get("n_obs", adata.n_obs)) != adata.n_obs:
         raise InvalidInputError(
@@ -476,12 +527,3 @@ def evaluate_perturb(
     }
     atomic_write_json(out / "evaluate.json", summary)
     return summary
-
-
-def _read_run_config(d: Path) -> dict[str, Any]:
-    import json
-
-    p = d / RUN_CONFIG
-    if not p.is_file():
-        return {}
-    return dict(json.loads(p.read_text(encoding="utf-8")).get("config", {}))

@@ -4,7 +4,17 @@ import pytest
 
 from genailab.config import apply_overrides
 from genailab.errors import InvalidInputError
-from genailab.foundation.tuning import TUNING_METHODS, TuningConfig, TuningReport, apply_tuning
+from genailab.foundation.tuning import (
+    METHOD_CONFIGS,
+    TUNING_METHODS,
+    AdapterConfig,
+    LinearProbeConfig,
+    LoraConfig,
+    PartialConfig,
+    TuningConfig,
+    TuningReport,
+    apply_tuning,
+)
 
 
 def test_defaults_and_json_round_trip():
@@ -72,3 +82,60 @@ def test_report_to_dict_and_the_old_positional_form():
         "details": {},
     }
     assert "lora" in TUNING_METHODS
+
+
+# --- per-method typed configs -------------------------------------------------------------------------
+
+
+def test_every_method_has_a_typed_config_that_round_trips_through_the_flat_one():
+    assert METHOD_CONFIGS.names() == TUNING_METHODS.names()
+    flat = TuningConfig(method="lora", targets=("mlp",), rank=4, alpha=2.0, last_k=3, peft={"use_dora": True})
+    typed = flat.method_config()
+    assert typed == LoraConfig(targets=("mlp",), rank=4, alpha=2.0, peft={"use_dora": True})
+    assert not hasattr(typed, "last_k")  # options of other methods are not carried
+    assert TuningConfig.from_method_config(typed) == flat.replace(last_k=1)
+    for name in METHOD_CONFIGS:
+        cls = METHOD_CONFIGS.get(name)
+        assert cls.method == name
+        assert TuningConfig(method=name).method_config() == cls()
+        assert TuningConfig.from_method_config(cls()) == TuningConfig(method=name)
+        assert cls.from_json(cls().to_json()) == cls()
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: LoraConfig(rank=0), "rank=0"),
+        (lambda: LoraConfig(peft={"target_modules": ["x"]}), "set tuning.targets"),
+        (lambda: AdapterConfig(blocks=()), "blocks=()"),
+        (lambda: PartialConfig(last_k=-1), "last_k=-1"),
+        (lambda: LinearProbeConfig(head=""), "head=''"),
+    ],
+)
+def test_typed_configs_validate_like_the_flat_one(make, match):
+    with pytest.raises(InvalidInputError, match=match):
+        make()
+
+
+def test_typed_peft_string_is_parsed_and_read_only():
+    config = LoraConfig(peft="{use_dora: true}")
+    assert config.peft == {"use_dora": True}
+    with pytest.raises(TypeError):
+        config.peft["use_dora"] = False
+
+
+def test_apply_tuning_takes_a_typed_config():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+
+    a, b = make(), make()
+    ra = apply_tuning(a, PartialConfig(last_k=0, train_norms=True, patterns=("^2$",)))
+    rb = apply_tuning(b, TuningConfig(method="partial", last_k=0, train_norms=True, patterns=("^2$",)))
+    assert ra == rb
+    assert [n for n, p in a.named_parameters() if p.requires_grad] == [
+        n for n, p in b.named_parameters() if p.requires_grad
+    ]

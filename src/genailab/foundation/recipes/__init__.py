@@ -13,21 +13,20 @@ from genailab.foundation.recipes.distill import (
     DistillConfig,
     DistilledStudent,
     TeacherPairDataset,
-    benchmark_sampling,
     build_student,
     distill_latent_diffusion,
     generate_teacher_pairs,
     save_distilled,
 )
 from genailab.foundation.recipes.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
-from genailab.foundation.recipes.perturb.model import (
+from genailab.foundation.recipes.perturb import (
     FORMULATIONS,
     PerturbDeltaConfig,
     PerturbDeltaModel,
     PerturbDeltaNet,
     ResponsePrediction,
 )
-from genailab.foundation.recipes.vae.model import LatentTokenDecoder, LatentTokenVAE, LatentTokenVAEConfig
+from genailab.foundation.recipes.vae import LatentTokenDecoder, LatentTokenVAE, LatentTokenVAEConfig
 
 __all__ = [
     "is_adapted_dir",
@@ -45,7 +44,6 @@ __all__ = [
     "PerturbDeltaNet",
     "ResponsePrediction",
     "TeacherPairDataset",
-    "benchmark_sampling",
     "build_student",
     "distill_latent_diffusion",
     "generate_teacher_pairs",

@@ -10,6 +10,11 @@ tables first (:meth:`~genailab.data.DataRegistry.with_categories`,
 :meth:`~genailab.foundation.conditioning.ConditionEncoder.add_categories`); the extended tables
 always train, whatever the method, since their new rows have nothing to be frozen at.
 
+Each kind of adapted model (``"synthesis"``, ``"perturbation"``) is an :class:`AdaptedKind`
+registered by name in :data:`ADAPTED_KINDS`: how its base loads, how its condition tables extend and
+the method applies, which parameters it saves and what it saves besides them. The kind's name is
+stored in ``adapter.json`` and ``config.json``; an unknown name lists the registered ones.
+
 An adapted directory holds ``adapter.safetensors`` (only the parameters the method trained),
 ``adapter.json`` (the base's path and SHA-256, the tuning config and report, the new categories)
 and, last, ``config.json``. Loading rebuilds the base, refuses one whose hash differs, re-applies
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +34,16 @@ import torch
 from torch import nn
 
 from genailab._version import __version__
-from genailab.data.spec import obs_labels
+from genailab.data import obs_labels
+from genailab.data.splits import Split, carve_validation
 from genailab.errors import CheckpointError, InvalidInputError
-from genailab.io import atomic_write_json, check_writable
+from genailab.foundation.recipes.latent_diffusion import LatentDiffusionModel
+from genailab.foundation.recipes.perturb import PerturbDeltaModel
+from genailab.foundation.recipes.perturb.calibration import load_calibration, write_calibration
+from genailab.foundation.recipes.vae import LatentTokenVAE
+from genailab.foundation.tuning import TuningConfig, TuningReport, apply_tuning, count_parameters
+from genailab.io import atomic_write, atomic_write_json, check_writable
+from genailab.registry import Registry
 from genailab.serialization import (
     ADAPTER_NAME,
     CONFIG_NAME,
@@ -40,17 +53,15 @@ from genailab.serialization import (
     read_json,
     write_config,
 )
+from genailab.training import TrainConfig, seed_everything
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from genailab.foundation.recipes.latent_diffusion import LatentDiffusionModel
-    from genailab.foundation.recipes.perturb.model import PerturbDeltaModel
-    from genailab.foundation.tuning import TuningConfig, TuningReport
-    from genailab.training import TrainConfig
-
 __all__ = [
+    "ADAPTED_KINDS",
     "ADAPTER_NAME",
+    "AdaptedKind",
     "adapt_perturbation",
     "adapt_synthesis",
     "hash_model_dir",
@@ -63,11 +74,11 @@ __all__ = [
 ]
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
-KINDS = ("synthesis", "perturbation")
 
 
+# ------------------------------------------------------------------------------------------ helpers
 def _new_labels(adata: AnnData, key: str, known: Sequence[str]) -> list[str]:
-
+    """Values of ``adata.obs[key]`` outside ``known``, sorted."""
     seen = set(known)
     return sorted({str(v) for v in obs_labels(adata, key, "condition key").tolist()} - seen)
 
@@ -89,10 +100,6 @@ def _tune(
     module: nn.Module, tuning: TuningConfig, encoder: nn.Module, extended: Sequence[str], prefix: str
 ) -> TuningReport:
     """Apply ``tuning`` to ``module``, then train the extended tables of ``encoder`` too (added to the report)."""
-    from dataclasses import replace
-
-    from genailab.foundation.tuning import apply_tuning, count_parameters
-
     report = apply_tuning(module, tuning)
     tables = [f"{prefix}.{n}" for n in _train_tables(encoder, extended)]
     if not tables:
@@ -125,6 +132,149 @@ def _load_trainable(module: nn.Module, state: Mapping[str, torch.Tensor], *, whe
             params[name].copy_(value)
 
 
+def _report_dict(report: TuningReport) -> dict[str, Any]:
+    return {
+        "method": report.method,
+        "targeted": list(report.targeted),
+        "n_trainable": report.n_trainable,
+        "n_total": report.n_total,
+        "trainable_fraction": report.trainable_fraction,
+    }
+
+
+# -------------------------------------------------------------------------------------------- kinds
+class AdaptedKind:
+    """One kind of adapted model: how its base loads, extends, tunes, saves and reloads.
+
+    Subclasses set :attr:`base_class` and implement the four abstract steps; :meth:`extra_save` and
+    :meth:`extra_load` (files besides the adapter weights) default to nothing.
+    """
+
+    base_class: type[nn.Module]
+
+    def load_base(self, base_dir: str | Path) -> nn.Module:
+        """The pretrained base model in ``base_dir``."""
+        return self.base_class.from_pretrained(base_dir)
+
+    def new_categories(self, model: nn.Module, adata: AnnData) -> dict[str, list[str]]:
+        """Condition key -> the values of ``adata`` the base has never seen (possibly empty lists)."""
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, tuning: TuningConfig, new: Mapping[str, Sequence[str]]) -> TuningReport:
+        """Extend the condition tables by ``new`` and apply ``tuning`` to the trained modules."""
+        raise NotImplementedError
+
+    def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The trained parameters to write to ``adapter.safetensors``."""
+        raise NotImplementedError
+
+    def load_trainable(self, model: nn.Module, state: Mapping[str, torch.Tensor], *, where: str) -> None:
+        """Copy :meth:`saved_state`'s tensors into a prepared ``model``."""
+        raise NotImplementedError
+
+    def extra_save(self, model: nn.Module, directory: Path) -> None:
+        """Write what the kind keeps besides the adapter weights (called before the weights are written)."""
+
+    def extra_load(self, model: nn.Module, directory: Path, *, what: str) -> None:
+        """Read what :meth:`extra_save` wrote (called after the weights are loaded)."""
+
+
+#: Adapted-model kinds by name (the ``kind`` saved in ``adapter.json``).
+ADAPTED_KINDS: Registry[AdaptedKind] = Registry("adapted-model kind")
+
+
+class SynthesisKind(AdaptedKind):
+    """A :class:`LatentDiffusionModel` whose backbone and conditioning were tuned (the VAE stays frozen)."""
+
+    base_class = LatentDiffusionModel
+
+    def new_categories(self, model: LatentDiffusionModel, adata: AnnData) -> dict[str, list[str]]:
+        registry = model.vae.registry
+        return {
+            key: _new_labels(adata, key, registry.categories[key])
+            for key in model.conditioning.keys
+            if registry is not None and key in registry.categories
+        }
+
+    def prepare(
+        self, model: LatentDiffusionModel, tuning: TuningConfig, new: Mapping[str, Sequence[str]]
+    ) -> TuningReport:
+        registry = model.vae.registry
+        batch_key = registry.spec.batch_key if registry is not None else None
+        for key, labels in new.items():
+            if not labels:
+                continue
+            if key not in model.conditioning.keys:
+                raise InvalidInputError(
+                    f"cannot add categories to {key!r}: the model is conditioned on {model.conditioning.keys}."
+                )
+            if key == batch_key:
+                raise InvalidInputError(
+                    f"{key!r} is also the VAE decoder's batch key; the frozen VAE cannot learn a new {key!r} value. "
+                    "Condition the diffusion model on it without making it the VAE's batch key."
+                )
+            model.vae.registry = model.vae.registry.with_categories(key, labels)
+            model.conditioning.add_categories(key, len(labels))
+        extended = [k for k, v in new.items() if v]
+        report = _tune(model.trained_modules(), tuning, model.conditioning, extended, "conditioning")
+        model.reset_ema()
+        return report
+
+    def saved_state(self, model: LatentDiffusionModel) -> dict[str, torch.Tensor]:
+        model.use_ema_weights()  # the EMA weights are the ones saved
+        return _trainable_state(model.trained_modules())
+
+    def load_trainable(self, model: LatentDiffusionModel, state: Mapping[str, torch.Tensor], *, where: str) -> None:
+        _load_trainable(model.trained_modules(), state, where=where)
+
+    def extra_load(self, model: LatentDiffusionModel, directory: Path, *, what: str) -> None:
+        model.ema = None  # the saved weights already are the EMA weights
+
+
+class PerturbationKind(AdaptedKind):
+    """A :class:`PerturbDeltaModel` whose members were tuned alike, re-calibrated in the new context."""
+
+    base_class = PerturbDeltaModel
+
+    def new_categories(self, model: PerturbDeltaModel, adata: AnnData) -> dict[str, list[str]]:
+        return {key: _new_labels(adata, key, model.context_categories[key]) for key in model.config.context_keys}
+
+    def prepare(self, model: PerturbDeltaModel, tuning: TuningConfig, new: Mapping[str, Sequence[str]]) -> TuningReport:
+        for key, labels in new.items():
+            if not labels:
+                continue
+            if key not in model.context_categories:
+                raise InvalidInputError(
+                    f"cannot add contexts to {key!r}: the model's context keys are {model.config.context_keys}."
+                )
+            model.context_categories[key] = (*model.context_categories[key], *labels)
+            for net in model.nets:
+                net.context.add_categories(key, len(labels))
+        extended = [k for k, v in new.items() if v]
+        reports = [_tune(net, tuning, net.context, extended, "context") for net in model.nets]
+        return reports[0]  # every member is tuned the same way
+
+    def saved_state(self, model: PerturbDeltaModel) -> dict[str, torch.Tensor]:
+        return {f"member_{k}.{n}": v for k, net in enumerate(model.nets) for n, v in _trainable_state(net).items()}
+
+    def load_trainable(self, model: PerturbDeltaModel, state: Mapping[str, torch.Tensor], *, where: str) -> None:
+        for k, net in enumerate(model.nets):
+            prefix = f"member_{k}."
+            _load_trainable(net, {n[len(prefix) :]: v for n, v in state.items() if n.startswith(prefix)}, where=where)
+
+    def extra_save(self, model: PerturbDeltaModel, directory: Path) -> None:
+        write_calibration(directory, model)  # re-calibrated in the new context
+
+    def extra_load(self, model: PerturbDeltaModel, directory: Path, *, what: str) -> None:
+        load_calibration(directory, model, what=what)
+
+
+ADAPTED_KINDS.register("synthesis")(SynthesisKind())
+ADAPTED_KINDS.register("perturbation")(PerturbationKind())
+#: Registered kind names (kept for callers of the former tuple).
+KINDS = ADAPTED_KINDS.names()
+
+
 # ---------------------------------------------------------------------------------------- synthesis
 def prepare_synthesis(
     model: LatentDiffusionModel, tuning: TuningConfig, new_categories: Mapping[str, Sequence[str]]
@@ -136,26 +286,7 @@ def prepare_synthesis(
     The method's :class:`~genailab.foundation.tuning.TuningReport`, with the extended tables added
     to the touched modules.
     """
-    registry = model.vae.registry
-    batch_key = registry.spec.batch_key if registry is not None else None
-    for key, labels in new_categories.items():
-        if not labels:
-            continue
-        if key not in model.conditioning.keys:
-            raise InvalidInputError(
-                f"cannot add categories to {key!r}: the model is conditioned on {model.conditioning.keys}."
-            )
-        if key == batch_key:
-            raise InvalidInputError(
-                f"{key!r} is also the VAE decoder's batch key; the frozen VAE cannot learn a new {key!r} value. "
-                "Condition the diffusion model on it without making it the VAE's batch key."
-            )
-        model.vae.registry = model.vae.registry.with_categories(key, labels)
-        model.conditioning.add_categories(key, len(labels))
-    extended = [k for k, v in new_categories.items() if v]
-    report = _tune(model.trained_modules(), tuning, model.conditioning, extended, "conditioning")
-    model.reset_ema()
-    return report
+    return ADAPTED_KINDS.get("synthesis").prepare(model, tuning, new_categories)
 
 
 def adapt_synthesis(
@@ -188,18 +319,11 @@ def adapt_synthesis(
     -------
     The adapted model and a record (method report, new categories, wall time, training result).
     """
-    from genailab.foundation.recipes.latent_diffusion import LatentDiffusionModel
-    from genailab.training import seed_everything
-
+    kind = ADAPTED_KINDS.get("synthesis")
     seed_everything(seed)
-    model = LatentDiffusionModel.from_pretrained(base_dir)
-    registry = model.vae.registry
-    new = {
-        key: _new_labels(adata, key, registry.categories[key])
-        for key in model.conditioning.keys
-        if registry is not None and key in registry.categories
-    }
-    report = prepare_synthesis(model, tuning, new)
+    model = kind.load_base(base_dir)
+    new = kind.new_categories(model, adata)
+    report = kind.prepare(model, tuning, new)
     model.train()
     t0 = time.perf_counter()
     result = model.fit(adata, train, out_dir=out_dir, seed=seed)
@@ -221,19 +345,7 @@ def prepare_perturbation(
     model: PerturbDeltaModel, tuning: TuningConfig, new_contexts: Mapping[str, Sequence[str]]
 ) -> TuningReport:
     """Extend the context tables of every member by ``new_contexts`` and apply ``tuning`` to each member."""
-    for key, labels in new_contexts.items():
-        if not labels:
-            continue
-        if key not in model.context_categories:
-            raise InvalidInputError(
-                f"cannot add contexts to {key!r}: the model's context keys are {model.config.context_keys}."
-            )
-        model.context_categories[key] = (*model.context_categories[key], *labels)
-        for net in model.nets:
-            net.context.add_categories(key, len(labels))
-    extended = [k for k, v in new_contexts.items() if v]
-    reports = [_tune(net, tuning, net.context, extended, "context") for net in model.nets]
-    return reports[0]  # every member is tuned the same way
+    return ADAPTED_KINDS.get("perturbation").prepare(model, tuning, new_contexts)
 
 
 def adapt_perturbation(
@@ -252,15 +364,11 @@ def adapt_perturbation(
     perturbation conditions is held out for early stopping and to re-calibrate the intervals in the
     new context; every member is tuned with the same method.
     """
-    from genailab.data.perturbation_splits import carve_validation
-    from genailab.data.splits import Split
-    from genailab.foundation.recipes.perturb.model import PerturbDeltaModel
-    from genailab.training import seed_everything
-
+    kind = ADAPTED_KINDS.get("perturbation")
     seed_everything(seed)
-    model = PerturbDeltaModel.from_pretrained(base_dir)
-    new = {key: _new_labels(adata, key, model.context_categories[key]) for key in model.config.context_keys}
-    report = prepare_perturbation(model, tuning, new)
+    model = kind.load_base(base_dir)
+    new = kind.new_categories(model, adata)
+    report = kind.prepare(model, tuning, new)
     labels = obs_labels(adata, model.perturbation_key, "perturbation_key")
     contexts = model.context_labels(adata)
     for label in sorted(set(labels.tolist())):
@@ -294,16 +402,6 @@ def adapt_perturbation(
 
 
 # ------------------------------------------------------------------------------------- persistence
-def _report_dict(report: TuningReport) -> dict[str, Any]:
-    return {
-        "method": report.method,
-        "targeted": list(report.targeted),
-        "n_trainable": report.n_trainable,
-        "n_total": report.n_total,
-        "trainable_fraction": report.trainable_fraction,
-    }
-
-
 def save_adapted(model: nn.Module, directory: str | Path, *, base_dir: str | Path, record: Mapping[str, Any]) -> Path:
     """Save only what the adaptation trained, plus the base's path and hash (``config.json`` last).
 
@@ -320,20 +418,12 @@ def save_adapted(model: nn.Module, directory: str | Path, *, base_dir: str | Pat
     """
     from safetensors.torch import save_file
 
-    from genailab.io import atomic_write
-
-    kind = record["kind"]
-    if kind not in KINDS:
-        raise InvalidInputError(f"record kind={kind!r} is not one of {KINDS}.")
+    kind = ADAPTED_KINDS.get(record["kind"])
     d = check_writable(directory, argument="directory")
     d.mkdir(parents=True, exist_ok=True)
     (d / CONFIG_NAME).unlink(missing_ok=True)
-    if kind == "synthesis":
-        model.use_ema_weights()
-        state = _trainable_state(model.trained_modules())
-    else:
-        state = {f"member_{k}.{n}": v for k, net in enumerate(model.nets) for n, v in _trainable_state(net).items()}
-        _write_calibration(model, d)
+    state = kind.saved_state(model)
+    kind.extra_save(model, d)
     atomic_write(d / ADAPTER_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
     base = Path(base_dir).resolve()
     atomic_write_json(
@@ -344,20 +434,8 @@ def save_adapted(model: nn.Module, directory: str | Path, *, base_dir: str | Pat
             "n_adapter_parameters": int(sum(v.numel() for v in state.values())),
         },
     )
-    write_config(d, "AdaptedModel", {"kind": kind, "version": __version__})
+    write_config(d, "AdaptedModel", {"kind": record["kind"], "version": __version__})
     return d
-
-
-def _write_calibration(model: PerturbDeltaModel, d: Path) -> None:
-    atomic_write_json(
-        d / "calibration.json",
-        {
-            "calibrator": model.calibrator.to_dict() if model.calibrator is not None else None,
-            "ood_reference": model.ood_reference,
-            "seen_ood_scores": model.seen_ood_scores,
-            "val_conditions": model.val_conditions,
-        },
-    )
 
 
 def load_adapted(directory: str | Path) -> nn.Module:
@@ -365,14 +443,12 @@ def load_adapted(directory: str | Path) -> nn.Module:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from genailab.foundation.tuning import TuningConfig
-
     d = Path(directory)
     read_config(d, "AdaptedModel")
     what = f"adapted model directory {str(d)!r}"
     info = read_json(d / ADAPTER_NAME, what=what)
     try:
-        kind = info["kind"]
+        name = info["kind"]
         base = Path(info["base"]["path"])
         sha = info["base"]["sha256"]
         tuning = TuningConfig.from_dict(info["tuning"])
@@ -389,33 +465,24 @@ def load_adapted(directory: str | Path) -> nn.Module:
         state = load_file(str(d / ADAPTER_WEIGHTS))
     except (OSError, SafetensorError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{what}: cannot read {ADAPTER_WEIGHTS}: {err}") from err
-    if kind == "synthesis":
-        from genailab.foundation.recipes.latent_diffusion import LatentDiffusionModel
-
-        model = LatentDiffusionModel.from_pretrained(base)
-        prepare_synthesis(model, tuning, new)
-        _load_trainable(model.trained_modules(), state, where=what)
-        model.ema = None
-    elif kind == "perturbation":
-        from genailab.foundation.objectives.uncertainty import ConformalCalibrator
-        from genailab.foundation.recipes.perturb.model import PerturbDeltaModel
-
-        model = PerturbDeltaModel.from_pretrained(base)
-        prepare_perturbation(model, tuning, new)
-        for k, net in enumerate(model.nets):
-            prefix = f"member_{k}."
-            _load_trainable(net, {n[len(prefix) :]: v for n, v in state.items() if n.startswith(prefix)}, where=what)
-        calib = read_json(d / "calibration.json", what=what)
-        model.calibrator = ConformalCalibrator.from_dict(calib["calibrator"]) if calib.get("calibrator") else None
-        model.ood_reference = float(calib.get("ood_reference", 1.0))
-        model.seen_ood_scores = [float(v) for v in calib.get("seen_ood_scores", [])]
-        model.val_conditions = [list(p) for p in calib.get("val_conditions", [])]
-    else:
-        raise CheckpointError(f"{what}: unknown kind {kind!r}; expected one of {KINDS}.")
+    try:
+        kind = ADAPTED_KINDS.get(name)
+    except InvalidInputError as err:
+        raise CheckpointError(f"{what}: {err}") from None
+    model = kind.load_base(base)
+    kind.prepare(model, tuning, new)
+    kind.load_trainable(model, state, where=what)
+    kind.extra_load(model, d, what=what)
     model.adapter_info = info
     model.requires_grad_(False)
     model.eval()
     return model
+
+
+#: The plain (not adapted) model classes :func:`load_model` loads, by the class name in ``config.json``.
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    c.__name__: c for c in (LatentTokenVAE, LatentDiffusionModel, PerturbDeltaModel)
+}
 
 
 def load_model(directory: str | Path, expected: type[nn.Module] | None = None) -> nn.Module:
@@ -433,10 +500,6 @@ def load_model(directory: str | Path, expected: type[nn.Module] | None = None) -
     CheckpointError
         Missing or corrupt directory, an unknown class, or not ``expected``.
     """
-    from genailab.foundation.recipes.latent_diffusion import LatentDiffusionModel
-    from genailab.foundation.recipes.perturb import PerturbDeltaModel
-    from genailab.foundation.recipes.vae import LatentTokenVAE
-
     d = Path(directory)
     if is_adapted_dir(d):
         model = load_adapted(d)
@@ -444,13 +507,12 @@ def load_model(directory: str | Path, expected: type[nn.Module] | None = None) -
         if not d.is_dir():
             raise CheckpointError(f"model directory {str(d)!r} does not exist or is not a directory.")
         payload = read_json(d / CONFIG_NAME, what=f"model directory {str(d)!r}")
-        classes = {c.__name__: c for c in (LatentTokenVAE, LatentDiffusionModel, PerturbDeltaModel)}
         name = payload.get("_class_name") if isinstance(payload, dict) else None
-        if name not in classes:
+        if name not in MODEL_CLASSES:
             raise CheckpointError(
-                f"{str(d)!r} holds a {name!r}, not a genailab model; expected one of {sorted(classes)}."
+                f"{str(d)!r} holds a {name!r}, not a genailab model; expected one of {sorted(MODEL_CLASSES)}."
             )
-        model = classes[name].from_pretrained(d)
+        model = MODEL_CLASSES[name].from_pretrained(d)
     if expected is not None and not isinstance(model, expected):
         raise CheckpointError(f"{str(d)!r} holds a {type(model).__name__}, not a {expected.__name__}.")
     return model

@@ -8,12 +8,16 @@ and standardised, and only the backbone and the condition encoder train (with an
 average of their weights, which is what sampling uses). Sampling draws integer counts from the
 decoder's distribution; counterfactuals partially noise real cells' latents and denoise them under
 changed conditions (SDEdit, Meng et al. 2022, arXiv:2108.01073).
+
+This module is long because :class:`LatentDiffusionModel` is the recipe's whole user-facing surface
+(condition encoding, staged training with EMA, sampling, counterfactuals, persistence). What holds no
+parameters lives elsewhere: guidance, samplers and objectives in :mod:`genailab.diffusion`, the AnnData
+layout of generated cells in :mod:`genailab.foundation.recipes.latent_sampling`.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +29,22 @@ from torch import nn
 
 from genailab._version import __version__
 from genailab.config import Config, check_fraction, check_positive
-from genailab.constants import ADATA_KEYS, BATCH_KEYS
+from genailab.constants import BATCH_KEYS
+from genailab.data import TensorBatchDataset, make_dataloader
+from genailab.diffusion import (
+    OBJECTIVES,
+    SAMPLERS,
+    Denoiser,
+    check_guidance,
+    guided_denoiser,
+    make_objective,
+)
+from genailab.diffusion import sample as run_sampler
 from genailab.errors import CheckpointError, InvalidInputError, MissingKeyError, UnknownLabelError
-from genailab.foundation.backbones import BACKBONES, backbone_config, backbone_to_dict, build_backbone
+from genailab.foundation.backbones import backbone_config, backbone_from_dict, backbone_to_dict, build_backbone
 from genailab.foundation.conditioning import ConditionEncoder, ConditionEncoderConfig
 from genailab.foundation.objectives import LossOutput
+from genailab.foundation.recipes.latent_sampling import counterfactual_obs, samples_to_anndata, synthetic_obs
 from genailab.foundation.recipes.vae.model import LatentTokenVAE
 from genailab.foundation.tuning import apply_freeze
 from genailab.io import atomic_write_json, check_writable
@@ -37,6 +52,7 @@ from genailab.serialization import (
     CONFIG_NAME,
     VAE_DIR,
     check_vae_reference,
+    is_adapted_dir,
     load_state_dict_strict,
     read_config,
     read_json,
@@ -45,11 +61,10 @@ from genailab.serialization import (
     write_config,
     write_vae_reference,
 )
+from genailab.training import TrainConfig, TrainResult, fit_recipe, seed_everything, split_indices, train_loaders
 
 if TYPE_CHECKING:
     from anndata import AnnData
-
-    from genailab.training import TrainConfig, TrainResult
 
 __all__ = ["LatentDiffusionConfig", "LatentDiffusionModel"]
 
@@ -92,26 +107,21 @@ class LatentDiffusionConfig(Config):
     ema_decay: float = 0.999
 
     def __post_init__(self) -> None:
-        from genailab.diffusion import OBJECTIVES, SAMPLERS
-
         OBJECTIVES.get(self.objective)
         SAMPLERS.get(self.sampler)
         check_positive("condition_dim", self.condition_dim, integer=True)
         check_fraction("condition_dropout", self.condition_dropout)
         check_positive("steps", self.steps, integer=True)
-        _check_guidance(self.guidance_scale)
+        check_guidance(self.guidance_scale)
         check_fraction("ema_decay", self.ema_decay)
-
-
-def _check_guidance(scale: float | Mapping[str, float]) -> None:
-    items = scale.items() if isinstance(scale, Mapping) else [("guidance_scale", scale)]
-    for name, s in items:
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-            raise InvalidInputError(f"guidance scale {name}={s!r} must be a finite number.")
 
 
 class LatentDiffusionModel(nn.Module):
     """Conditional latent diffusion over a frozen count VAE.
+
+    Long because it is the recipe's user-facing API: conditions, training, sampling, counterfactuals
+    and persistence of one model; the parameter-free procedures it composes live in
+    :mod:`genailab.diffusion`.
 
     Parameters
     ----------
@@ -144,8 +154,6 @@ class LatentDiffusionModel(nn.Module):
         config: LatentDiffusionConfig | None = None,
     ) -> None:
         super().__init__()
-        from genailab.diffusion import make_objective
-
         decoder = encoder if decoder is None else decoder
         if decoder is not encoder:
             raise InvalidInputError("encoder and decoder must be the same pretrained LatentTokenVAE.")
@@ -318,6 +326,10 @@ class LatentDiffusionModel(nn.Module):
                 e.lerp_(p, 1.0 - decay)
 
     def trained_modules(self) -> nn.ModuleDict:
+        """The modules that train, save and keep an EMA: ``{"backbone": ..., "conditioning": ...}``.
+
+        The frozen VAE is not among them; ``model.safetensors`` holds exactly this dict's state.
+        """
         return nn.ModuleDict({"backbone": self.backbone, "conditioning": self.conditioning})
 
     def reset_ema(self) -> None:
@@ -335,8 +347,6 @@ class LatentDiffusionModel(nn.Module):
     @torch.no_grad()
     def latent_dataset(self, adata: AnnData, indices: np.ndarray | None = None, batch_size: int = 1024) -> Any:
         """Standardised posterior-mean latents and condition values of ``adata`` (cached for training)."""
-        from genailab.data import TensorBatchDataset, make_dataloader
-
         self.vae.eval()
         zs, cs = [], []
         for batch in make_dataloader(
@@ -371,8 +381,6 @@ class LatentDiffusionModel(nn.Module):
         seed
             Seeds the split, data order, noise and dropout.
         """
-        from genailab.training import TrainConfig, fit_recipe, seed_everything, split_indices, train_loaders
-
         train = train if train is not None else TrainConfig()
         seed_everything(seed)
         split, train_idx, val_idx = split_indices(adata.n_obs, train, split, seed=seed)
@@ -385,40 +393,29 @@ class LatentDiffusionModel(nn.Module):
         return result
 
     # ------------------------------------------------------------------ sampling
-    def denoiser(self, cond_values: torch.Tensor, guidance: float | Mapping[str, float]) -> Any:
-        from genailab.diffusion import cfg_combine, compose_guidance
+    def denoiser(self, cond_values: torch.Tensor, guidance: float | Mapping[str, float]) -> Denoiser:
+        """The classifier-free-guided denoiser the samplers call, for fixed conditions.
 
-        keys = self.config.condition_keys
-        if not keys:
-            return lambda x, t: self.backbone(x, t, None)
-        enc = self.conditioning
-        b = cond_values.shape[0]
-        full_cond = enc(cond_values, drop=torch.zeros(b, len(keys), dtype=torch.bool))
-        if isinstance(guidance, Mapping):
-            unknown = [k for k in guidance if k not in keys]
-            if unknown:
-                raise InvalidInputError(f"guidance for unknown condition key(s) {unknown}; keys are {list(keys)}.")
-            active = {k: float(s) for k, s in guidance.items() if float(s) != 1.0}
-            dropped = {k: enc(cond_values, drop=enc.drop_mask(b, [k])) for k in active}
+        Parameters
+        ----------
+        cond_values
+            ``(B, K)`` condition values (:meth:`encode_conditions`, :meth:`conditions_from_batch`).
+        guidance
+            One guidance scale for all keys jointly, or ``{key: scale}`` per key (keys left out keep
+            scale 1); see :func:`~genailab.diffusion.guided_denoiser`.
 
-            def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                full = self.backbone(x, t, full_cond)
-                if not active:
-                    return full
-                outs = {k: self.backbone(x, t, c) for k, c in dropped.items()}
-                return compose_guidance(full, outs, active)
+        Returns
+        -------
+        ``(x_t (B, m, d), t (B,)) -> (B, m, d)`` guided backbone prediction (in the objective's
+        parametrisation), for :func:`~genailab.diffusion.sample`.
+        """
+        enc, keys, b = self.conditioning, self.config.condition_keys, cond_values.shape[0]
 
-            return denoise
-        scale = float(guidance)
-        null_cond = enc(cond_values, drop=enc.drop_mask(b, keys))
+        def condition(nulled: tuple[str, ...]) -> torch.Tensor:  # (B, K, C) condition tokens
+            drop = enc.drop_mask(b, nulled) if nulled else torch.zeros(b, len(keys), dtype=torch.bool)
+            return enc(cond_values, drop=drop)
 
-        def denoise_joint(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            full = self.backbone(x, t, full_cond)
-            if scale == 1.0:
-                return full
-            return cfg_combine(full, self.backbone(x, t, null_cond), scale)
-
-        return denoise_joint
+        return guided_denoiser(lambda x, t, c: self.backbone(x, t, c), keys, guidance, condition)
 
     @torch.no_grad()
     def sample_latents(
@@ -434,10 +431,8 @@ class LatentDiffusionModel(nn.Module):
         batch_size: int = 2048,
     ) -> torch.Tensor:
         """Generate ``(n, m, d)`` standardised latents for ``(n, K)`` condition values."""
-        from genailab.diffusion import sample as run_sampler
-
         guidance = self.config.guidance_scale if guidance_scale is None else guidance_scale
-        _check_guidance(guidance)
+        check_guidance(guidance)
         steps = self.config.steps if steps is None else steps
         check_positive("steps", steps, integer=True)
         sampler = self.config.sampler if sampler is None else sampler
@@ -483,27 +478,6 @@ class LatentDiffusionModel(nn.Module):
             counts = dist.sample()
         return counts.numpy().astype(np.int32), library
 
-    def _to_anndata(
-        self,
-        counts: np.ndarray,
-        z_std: torch.Tensor,
-        obs: Any,
-        library: torch.Tensor,
-        settings: dict[str, Any],
-    ) -> AnnData:
-        import anndata as ad
-        import pandas as pd
-        from scipy import sparse
-
-        var = pd.DataFrame(index=pd.Index(list(self.vae.genes), name="gene"))
-        out = ad.AnnData(X=sparse.csr_matrix(counts), obs=obs, var=var)
-        out.obsm[ADATA_KEYS.SYNTH_LATENT] = z_std.numpy()
-        out.obs["library_size"] = library.view(-1).numpy()
-        out.uns[ADATA_KEYS.SAMPLING] = {
-            k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in settings.items()
-        }
-        return out
-
     def sample(
         self,
         n: int | None = None,
@@ -540,14 +514,12 @@ class LatentDiffusionModel(nn.Module):
         generated standardised latents in ``obsm["X_genailab_synthetic_latent"]`` and the settings in
         ``uns["genailab_sampling"]``.
         """
-        import pandas as pd
-
         keys = self.config.condition_keys
         if like is not None:
             if n is not None or conditions is not None:
                 raise InvalidInputError("give either like=REFERENCE or n and conditions, not both.")
             cond_values = self.encode_conditions(like)
-            obs = pd.DataFrame({k: like.obs[k].to_numpy() for k in keys}, index=[f"syn_{i}" for i in range(like.n_obs)])
+            columns, n_cells = {k: like.obs[k].to_numpy() for k in keys}, like.n_obs
         else:
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
                 raise InvalidInputError(f"n={n!r} must be a positive integer.")
@@ -563,20 +535,16 @@ class LatentDiffusionModel(nn.Module):
                     f"conditions must give a value for {missing} (the model's keys are {list(keys)})."
                 )
             cond_values = self.encode_conditions(None, conditions, n=int(n))
-            obs = pd.DataFrame(
-                {
-                    k: (
-                        np.asarray(conditions[k], dtype=object)
-                        if np.ndim(conditions[k])
-                        else np.full(int(n), conditions[k], dtype=object)
-                    )
-                    for k in keys
-                },
-                index=[f"syn_{i}" for i in range(int(n))],
-            )
-        for k in keys:
-            if k in self.vae.registry.spec.categorical_keys():
-                obs[k] = pd.Categorical(obs[k].astype(str))
+            n_cells = int(n)
+            columns = {
+                k: (
+                    np.asarray(conditions[k], dtype=object)
+                    if np.ndim(conditions[k])
+                    else np.full(n_cells, conditions[k], dtype=object)
+                )
+                for k in keys
+            }
+        obs = synthetic_obs(columns, n_cells, self.vae.registry.spec.categorical_keys())
         z = self.sample_latents(cond_values, guidance_scale=guidance_scale, steps=steps, sampler=sampler, seed=seed)
         counts, library = self._decode_counts(z, cond_values, None, seed)
         settings = {
@@ -587,7 +555,7 @@ class LatentDiffusionModel(nn.Module):
             "mode": "like" if like is not None else "conditions",
             "genailab_version": __version__,
         }
-        return self._to_anndata(counts, z, obs, library, settings)
+        return samples_to_anndata(counts, z, obs, library, self.vae.genes, settings)
 
     @torch.no_grad()
     def counterfactual(
@@ -639,8 +607,6 @@ class LatentDiffusionModel(nn.Module):
             x_start=x_start,
             t_start=float(strength),
         )
-        from genailab.data import make_dataloader
-
         libs = torch.cat(
             [
                 b[BATCH_KEYS.LIBRARY]
@@ -648,10 +614,7 @@ class LatentDiffusionModel(nn.Module):
             ]
         )
         counts, library = self._decode_counts(z, new, libs, seed)
-        obs = adata.obs.copy()
-        for k in keys:
-            obs[f"{k}_original"] = obs[k].astype(str)
-            obs[k] = np.asarray(values[k], dtype=object).astype(str) if np.ndim(values[k]) else str(values[k])
+        obs = counterfactual_obs(adata.obs, values)
         settings = {
             "mode": "counterfactual",
             "strength": strength,
@@ -661,7 +624,7 @@ class LatentDiffusionModel(nn.Module):
             "seed": seed,
             "guidance_scale": guidance_scale if guidance_scale is not None else self.config.guidance_scale,
         }
-        out = self._to_anndata(counts, z, obs, library, settings)
+        out = samples_to_anndata(counts, z, obs, library, self.vae.genes, settings)
         out.obs_names = adata.obs_names.copy()
         return out
 
@@ -688,24 +651,24 @@ class LatentDiffusionModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> LatentDiffusionModel:
-        """Load a model directory (refusing unfinished, corrupt or mismatched ones).
+        """Load a plain model directory (refusing unfinished, corrupt, mismatched or adapted ones).
 
-        An adapted directory (``genailab synth adapt``) loads its base and the adapter on top.
+        Raises
+        ------
+        CheckpointError
+            For an adapted directory (``genailab synth adapt``): load it with
+            :func:`genailab.foundation.recipes.load_model`, which handles plain and adapted directories.
         """
         d = Path(directory)
-        if (d / "adapter.json").is_file():
-            from genailab.foundation.recipes.adapted import load_adapted
-
-            model = load_adapted(d)
-            if not isinstance(model, cls):
-                raise CheckpointError(f"{str(d)!r} holds an adapted {type(model).__name__}, not a {cls.__name__}.")
-            return model
+        if is_adapted_dir(d):
+            raise CheckpointError(
+                f"{str(d)!r} holds an adapted model (it has an adapter.json); {cls.__name__}.from_pretrained "
+                "loads plain directories only. Load it with genailab.foundation.recipes.load_model(directory)."
+            )
         payload = read_config(d, cls.__name__)
         try:
             config = LatentDiffusionConfig.from_dict(payload["config"])
             bconf_raw = dict(read_json(d / BACKBONE_CONFIG, what=f"model directory {str(d)!r}"))
-            backbone_cls = BACKBONES.get(bconf_raw.pop("name"))
-            bconf = backbone_cls.config_class.from_dict(bconf_raw)
             cconf = ConditionEncoderConfig.from_dict(
                 read_json(d / CONDITIONING_CONFIG, what=f"model directory {str(d)!r}")
             )
@@ -714,7 +677,7 @@ class LatentDiffusionModel(nn.Module):
         vae_dir, source = resolve_vae_reference(d)
         vae = LatentTokenVAE.from_pretrained(vae_dir)
         check_vae_reference(vae_dir, source)
-        model = cls(backbone_cls(bconf), ConditionEncoder(cconf), vae, vae, config)
+        model = cls(backbone_from_dict(bconf_raw), ConditionEncoder(cconf), vae, vae, config)
         load_state_dict_strict(d, model.trained_modules())
         model.reset_ema()  # the EMA restarts from the loaded weights (not the random init it was copied from)
         model.vae_source = source

@@ -4,7 +4,10 @@
 modules train. Every tuning method returns a :class:`TuningReport` of trainable vs total parameters and
 the modules it touched. :func:`apply_freeze` freezes a module (or the modules matching name patterns),
 which the staged recipes use to keep a pretrained VAE or backbone fixed; :func:`apply_tuning` applies a
-registered method (:data:`TUNING_METHODS`) picked by :class:`TuningConfig`:
+registered method (:data:`TUNING_METHODS`) picked by :class:`TuningConfig` (the flat form the CLI and
+saved files use) or by the method's own typed config (:class:`LoraConfig`, :class:`AdapterConfig`,
+:class:`PartialConfig`, :class:`LinearProbeConfig`, :class:`FullConfig`, :class:`ConditioningConfig`;
+:data:`METHOD_CONFIGS`, :meth:`TuningConfig.method_config`):
 
 - ``"full"``: everything trains (:func:`apply_full`);
 - ``"linear_probe"``: only the output head (:func:`apply_linear_probe`); :class:`LinearProbe` probes
@@ -28,16 +31,38 @@ from genailab.foundation.tuning.adapters import (  # noqa: E402
 )
 from genailab.foundation.tuning.conditioning import apply_conditioning, conditioning_modules  # noqa: E402
 from genailab.foundation.tuning.lora import LoRA, apply_peft, resolve_lora_targets  # noqa: E402
-from genailab.foundation.tuning.methods import TUNING_METHODS, TuningConfig, apply_tuning  # noqa: E402
+from genailab.foundation.tuning.method_configs import (  # noqa: E402
+    AdapterConfig,
+    ConditioningConfig,
+    FullConfig,
+    LinearProbeConfig,
+    LoraConfig,
+    PartialConfig,
+)
+from genailab.foundation.tuning.methods import (  # noqa: E402
+    METHOD_CONFIGS,
+    TUNING_METHODS,
+    MethodConfig,
+    TuningConfig,
+    apply_tuning,
+)
 from genailab.foundation.tuning.partial import apply_full, apply_partial  # noqa: E402
 from genailab.foundation.tuning.probe import LinearProbe, ProbeResult, apply_linear_probe  # noqa: E402
 
 __all__ += [
+    "METHOD_CONFIGS",
     "TUNING_METHODS",
+    "AdapterConfig",
     "AdapterWrapper",
     "BottleneckAdapter",
+    "ConditioningConfig",
+    "FullConfig",
     "LinearProbe",
+    "LinearProbeConfig",
     "LoRA",
+    "LoraConfig",
+    "MethodConfig",
+    "PartialConfig",
     "ProbeResult",
     "TuningConfig",
     "add_adapters",

@@ -225,6 +225,5 @@ def remove_adapters(module: nn.Module) -> tuple[str, ...]:
 
 @TUNING_METHODS.register("adapter")
 def _adapter(module: nn.Module, config: TuningConfig) -> TuningReport:
-    return add_adapters(
-        module, where=config.targets, blocks=config.blocks, bottleneck=config.adapter_dim, dropout=config.dropout
-    )
+    c = config.method_config()  # AdapterConfig
+    return add_adapters(module, where=c.targets, blocks=c.blocks, bottleneck=c.adapter_dim, dropout=c.dropout)

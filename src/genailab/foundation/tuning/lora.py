@@ -460,6 +460,7 @@ class LoRA:
 
 @TUNING_METHODS.register("lora")
 def _lora(module: nn.Module, config: TuningConfig) -> TuningReport:
+    config = config.method_config()  # LoraConfig
     extra = dict(config.peft or {})
     peft_type = extra.pop("type", "LORA")
     names = resolve_lora_targets(module, config.targets, config.head)  # exact names: checked before PEFT runs

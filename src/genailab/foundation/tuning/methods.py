@@ -23,11 +23,12 @@ the method modules; they import nothing heavy (PEFT is imported inside the LoRA 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -37,17 +38,42 @@ from genailab.foundation.backbones.base import Backbone
 from genailab.foundation.tuning.freeze import TuningReport, count_parameters
 from genailab.registry import Registry
 
-__all__ = ["TUNING_METHODS", "TuningConfig", "apply_tuning"]
+__all__ = ["METHOD_CONFIGS", "TUNING_METHODS", "MethodConfig", "TuningConfig", "apply_tuning"]
 
 TuningMethod = Callable[[nn.Module, "TuningConfig"], TuningReport]
 TUNING_METHODS: Registry[TuningMethod] = Registry("tuning method")
+
+
+@dataclass(frozen=True)
+class MethodConfig(Config):
+    """Base of the per-method configs (:class:`~genailab.foundation.tuning.LoraConfig`, ...).
+
+    Each holds only the options its method reads (PEFT style: one config per method); :class:`TuningConfig`
+    is the flat form the CLI, YAML and ``adapter.json`` use, and converts to and from these with
+    :meth:`TuningConfig.method_config` and :meth:`TuningConfig.from_method_config`.
+    """
+
+    method: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        # Validated (and normalised, e.g. ``peft``) exactly as the same fields of the flat config.
+        flat = TuningConfig.from_method_config(self)
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, getattr(flat, f.name))
+
+
+#: Method name -> its :class:`MethodConfig` subclass.
+METHOD_CONFIGS: Registry[type[MethodConfig]] = Registry("tuning method config")
 
 _APPLIED_ATTR = "_genailab_tuning_applied"
 
 
 @dataclass(frozen=True)
 class TuningConfig(Config):
-    """Config of :func:`apply_tuning`: which method, and its settings.
+    """Config of :func:`apply_tuning`: which method, and its settings (the flat form of every method's options).
+
+    The CLI, YAML files and ``adapter.json`` use this form; :meth:`method_config` gives the method's own
+    typed config (e.g. :class:`~genailab.foundation.tuning.LoraConfig`) with only the options it reads.
 
     Parameters
     ----------
@@ -106,7 +132,7 @@ class TuningConfig(Config):
         check_choice("method", self.method, TUNING_METHODS.names())
         if not self.targets:
             raise InvalidInputError("targets=() is empty; name at least one target (e.g. 'attn').")
-        _check_regexes("targets", self.targets)
+        check_regexes("targets", self.targets)
         check_positive("rank", self.rank, integer=True)
         if self.alpha is not None:
             check_positive("alpha", self.alpha)
@@ -121,15 +147,28 @@ class TuningConfig(Config):
         check_positive("last_k", self.last_k, strict=False, integer=True)
         if not isinstance(self.train_norms, bool):
             raise InvalidInputError(f"train_norms={self.train_norms!r} must be true or false.")
-        _check_regexes("patterns", self.patterns)
+        check_regexes("patterns", self.patterns)
         if self.head is not None and (not isinstance(self.head, str) or not self.head):
             raise InvalidInputError(f"head={self.head!r} must be a non-empty module name or None.")
         check_adapter_name(self.adapter_name)
         if self.peft is not None:
-            object.__setattr__(self, "peft", _as_peft_mapping(self.peft))
+            object.__setattr__(self, "peft", as_peft_mapping(self.peft))
+
+    def method_config(self) -> MethodConfig:
+        """The typed config of :attr:`method`, holding only the options that method reads."""
+        cls = METHOD_CONFIGS.get(self.method)
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def from_method_config(cls, config: MethodConfig) -> TuningConfig:
+        """The flat config of a per-method ``config`` (options of other methods keep their defaults)."""
+        if not isinstance(config, MethodConfig):
+            raise InvalidInputError(f"config must be a MethodConfig (e.g. LoraConfig), got {type(config).__name__}.")
+        return cls(method=config.method, **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
 
 
-def _check_regexes(name: str, values: Iterable[str]) -> None:
+def check_regexes(name: str, values: Iterable[str]) -> None:
+    """Raise unless every entry of ``values`` is a non-empty, valid regular expression."""
     for i, v in enumerate(values):
         if not isinstance(v, str) or not v:
             raise InvalidInputError(f"{name}[{i}]={v!r} must be a non-empty string.")
@@ -139,7 +178,7 @@ def _check_regexes(name: str, values: Iterable[str]) -> None:
             raise InvalidInputError(f"{name}[{i}]={v!r} is not a valid regular expression: {err}.") from None
 
 
-def _as_peft_mapping(value: Any) -> Mapping[str, Any]:
+def as_peft_mapping(value: Any) -> Mapping[str, Any]:
     """Validate ``TuningConfig.peft`` (parsing a YAML string) and return a read-only copy."""
     if isinstance(value, str):
         import yaml
@@ -166,7 +205,7 @@ def check_adapter_name(name: Any) -> None:
         raise InvalidInputError(f"adapter_name={name!r} must be a non-empty string without '.'.")
 
 
-def apply_tuning(module: nn.Module, config: TuningConfig) -> TuningReport:
+def apply_tuning(module: nn.Module, config: TuningConfig | MethodConfig) -> TuningReport:
     """Apply the registered tuning method ``config.method`` to ``module`` in place.
 
     Parameters
@@ -174,7 +213,7 @@ def apply_tuning(module: nn.Module, config: TuningConfig) -> TuningReport:
     module
         The model to tune, e.g. a backbone or ``nn.ModuleDict({"backbone": ..., "conditioning": ...})``.
     config
-        The :class:`TuningConfig`.
+        The :class:`TuningConfig`, or a per-method config such as ``LoraConfig(rank=4)``.
 
     Returns
     -------
@@ -187,9 +226,18 @@ def apply_tuning(module: nn.Module, config: TuningConfig) -> TuningReport:
     """
     if not isinstance(module, nn.Module):
         raise InvalidInputError(f"module must be a torch.nn.Module, got {type(module).__name__}.")
+    if isinstance(config, MethodConfig):
+        config = TuningConfig.from_method_config(config)
     if not isinstance(config, TuningConfig):
-        raise InvalidInputError(f"config must be a TuningConfig, got {type(config).__name__}.")
+        raise InvalidInputError(
+            f"config must be a TuningConfig or a method config ({', '.join(c.__name__ for c in _method_configs())}), "
+            f"got {type(config).__name__}."
+        )
     return TUNING_METHODS.get(config.method)(module, config)
+
+
+def _method_configs() -> list[type[MethodConfig]]:
+    return [METHOD_CONFIGS.get(n) for n in METHOD_CONFIGS.names()]
 
 
 # --- helpers shared by the method modules ------------------------------------------------------------

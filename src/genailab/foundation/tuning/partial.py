@@ -134,4 +134,5 @@ def _full(module: nn.Module, config: TuningConfig) -> TuningReport:
 
 @TUNING_METHODS.register("partial")
 def _partial(module: nn.Module, config: TuningConfig) -> TuningReport:
-    return apply_partial(module, last_k=config.last_k, train_norms=config.train_norms, patterns=config.patterns)
+    c = config.method_config()  # PartialConfig
+    return apply_partial(module, last_k=c.last_k, train_norms=c.train_norms, patterns=c.patterns)

@@ -63,7 +63,7 @@ def apply_linear_probe(module: nn.Module, head: str | None = None) -> TuningRepo
 
 @TUNING_METHODS.register("linear_probe")
 def _linear_probe(module: nn.Module, config: TuningConfig) -> TuningReport:
-    return apply_linear_probe(module, config.head)
+    return apply_linear_probe(module, config.method_config().head)  # LinearProbeConfig
 
 
 @dataclass(frozen=True)

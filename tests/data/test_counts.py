@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from genailab.data import get_counts, read_h5ad, recover_counts, validate_counts
+from genailab.data import get_counts, log_normalize, read_h5ad, recover_counts, validate_counts
 from genailab.errors import InvalidCountsError, InvalidInputError, MissingKeyError
 
 from .conftest import KANG, NORMAN
@@ -221,3 +221,32 @@ def test_recover_counts_scanpy_pbmc68k_reduced():
     assert summary.n_empty_cells == 0
     # only 765 of the genes were kept, so each row sums to at most the stored library size
     assert (np.asarray(counts.X.sum(1)).ravel() <= raw.obs["n_counts"].to_numpy()).all()
+
+
+# ------------------------------------------------------------------------------------------ log_normalize(library=)
+def test_log_normalize_with_library_hand_computed():
+    counts = np.array([[1.0, 3.0, 0.0], [0.0, 2.0, 0.0], [2.0, 2.0, 4.0]])
+    library = np.array([10.0, 20.0, 0.0])  # whole-transcriptome totals: larger than the subset's row sums
+    expected = np.log1p(np.array([[1.0, 3.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))  # target_sum=10
+    np.testing.assert_allclose(log_normalize(counts, target_sum=10.0, library=library), expected)
+    np.testing.assert_allclose(log_normalize(sp.csr_matrix(counts), 10.0, library[:, None]), expected)
+    # The default keeps the row sums, bit for bit as before.
+    old = np.log1p(counts * np.divide(1e4, counts.sum(1, keepdims=True)))
+    assert np.array_equal(log_normalize(counts), old)
+    assert np.array_equal(log_normalize(counts, library=None), old)
+    assert np.array_equal(log_normalize(counts, library=counts.sum(1)), old)
+
+
+@pytest.mark.parametrize(
+    ("library", "match"),
+    [
+        (np.ones(2), r"shape \(3,\)"),
+        (np.ones((3, 2)), r"shape \(3,\)"),
+        (np.array([1.0, np.nan, 2.0]), "finite and non-negative; 1 of 3"),
+        (np.array([1.0, -1.0, 2.0]), "finite and non-negative"),
+        (np.array(["a", "b", "c"]), "numeric"),
+    ],
+)
+def test_log_normalize_library_errors(library, match):
+    with pytest.raises(InvalidInputError, match=match):
+        log_normalize(np.ones((3, 2)), library=library)

@@ -52,7 +52,16 @@ def planted():
 
 
 def test_registry_names():
-    assert set(BASELINES.names()) == {"no_change", "train_mean", "additive", "linear", "context_mean"}
+    assert set(BASELINES.names()) == {
+        "no_change",
+        "train_mean",
+        "additive",
+        "linear",
+        "context_mean",
+        "shrunk_additive",
+        "knn_prior",
+        "linear_data",
+    }
     with pytest.raises(InvalidInputError, match="additive"):
         BASELINES.get("mean")
 
@@ -148,6 +157,23 @@ def _low_rank_setup(seed: int = 0):
         delimiter="+",
     )
     return train, priors, feats, mixing, control
+
+
+def test_every_baseline_takes_validation_and_existing_ones_ignore_it(planted):
+    validation, train, _ = planted  # the workflow's loop: fit(train, priors=..., validation=...)
+    for name in BASELINES.names():
+        if name in {"linear", "knn_prior", "linear_data"}:  # no priors; perturbed genes not in the readout
+            with pytest.raises(InvalidInputError):  # a workflow skips such a baseline
+                BASELINES.get(name)().fit(train, priors=None, validation=validation)
+            continue
+        model = BASELINES.get(name)().fit(train, priors=None, validation=validation)
+        pred = model.predict("G1+G2", "A")
+        assert pred is None or pred.shape == (N_GENES,)
+        if name in {"no_change", "train_mean", "additive", "context_mean"}:
+            plain = BASELINES.get(name)().fit(train).predict("G1+G2", "A")
+            assert (pred is None and plain is None) or np.array_equal(pred, plain)
+    with pytest.raises(InvalidInputError, match="validation must be a PseudoBulk"):
+        BASELINES.get("additive")().fit(train, validation=np.zeros(3))
 
 
 def test_linear_recovers_planted_low_rank_effect():

@@ -60,7 +60,7 @@ def test_perfect_prediction_scores_perfectly() -> None:
     assert m["pearson_delta"] == pytest.approx(1.0)
     assert m["pearson_delta_de20"] == pytest.approx(1.0)
     assert m["mse_de20"] == pytest.approx(0.0)
-    assert m["l2_top1000"] == pytest.approx(0.0)
+    assert m["l2_top_n"] == pytest.approx(0.0)
     assert m["direction_acc_de20"] == 1.0
     assert m["r2_mean_de100"] == pytest.approx(1.0)
     assert math.isnan(m["pathway_pearson"])  # no gene sets
@@ -88,7 +88,7 @@ def test_metrics_match_hand_computation() -> None:
     assert m["pearson_delta"] == pytest.approx(np.corrcoef(pred.mean - ctrl, obs - ctrl)[0, 1])
     assert m["mse_de20"] == pytest.approx(np.mean((pred.mean[de] - obs[de]) ** 2))
     top = np.argsort(-ctrl)[:10]
-    assert m["l2_top1000"] == pytest.approx(np.linalg.norm(pred.mean[top] - obs[top]))
+    assert m["l2_top_n"] == pytest.approx(np.linalg.norm(pred.mean[top] - obs[top]))
     from sklearn.metrics import r2_score
 
     assert m["r2_mean_de100"] == pytest.approx(r2_score(obs, pred.mean))  # n_de_r2 >= G: all genes
@@ -231,4 +231,7 @@ def test_report_writes_json_and_html(tmp_path) -> None:
     text = paths["report"].read_text()
     assert "<th>pearson_delta_de20_mean</th>" in text
     assert "<th>condition</th>" in text
-    assert text.count("data:image/png;base64") == 3  # delta scatter, calibration, risk-coverage
+    # delta scatter, per-query coverage histogram, calibration, risk-coverage, OOD vs error
+    assert text.count("data:image/png;base64") == 5
+    assert "L2 over the top-N expressed genes (N=30)" in text
+    assert "pooled over genes x queries" in text

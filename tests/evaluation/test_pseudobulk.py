@@ -114,3 +114,50 @@ def test_pseudobulk_validates_shapes():
             control="control",
             delimiter="+",
         )
+
+
+def test_pseudobulk_with_library_key():
+    adata = _adata()
+    rng = np.random.default_rng(1)
+    row_sums = np.asarray(adata.X.sum(axis=1)).ravel()
+    adata.obs["ncounts"] = row_sums + rng.integers(100, 1000, adata.n_obs)  # whole-transcriptome totals
+    pb = pseudobulk(adata, "condition", context_key="cell_type", library_key="ncounts")
+    assert pb.library_key == "ncounts"
+    assert pseudobulk(adata, "condition").library_key is None
+    lognorm = log_normalize(adata.X, library=adata.obs["ncounts"].to_numpy())
+    mask = (adata.obs["condition"] == "KLF1").to_numpy() & (adata.obs["cell_type"] == "k562").to_numpy()
+    np.testing.assert_allclose(pb.mean("KLF1", "k562"), lognorm[mask].mean(0))
+    # hand-computed for one cell: counts / ncounts * 1e4
+    one = pseudobulk(adata, "condition", library_key="ncounts", indices=[7])
+    x7 = adata.X[7].toarray().ravel()
+    np.testing.assert_allclose(one.mean("KLF1"), np.log1p(x7 / adata.obs["ncounts"].iloc[7] * 1e4))
+    # the whole-transcriptome scale gives smaller values than the row sums of the gene subset
+    assert (pb.means <= pseudobulk(adata, "condition", context_key="cell_type").means + 1e-12).all()
+    # integer library columns and a subset of rows work, with each row taking its own library
+    adata.obs["n_int"] = adata.obs["ncounts"].astype(np.int64)
+    sub = pseudobulk(adata, "condition", library_key="n_int", indices=np.arange(6, 20))
+    np.testing.assert_allclose(sub.mean("KLF1"), lognorm[[6, 7, 8, 9, 10, 18, 19]].mean(0))
+
+
+def test_pseudobulk_library_key_errors():
+    adata = _adata()
+    with pytest.raises(MissingKeyError, match=r"library_key='ncounts'.*available obs columns: 'condition'"):
+        pseudobulk(adata, "condition", library_key="ncounts")
+    with pytest.raises(InvalidInputError, match="numeric"):
+        pseudobulk(adata, "condition", library_key="cell_type")
+    adata.obs["neg"] = -1.0
+    with pytest.raises(InvalidInputError, match="non-negative; 20 cells"):
+        pseudobulk(adata, "condition", library_key="neg")
+    adata.obs["nan"] = np.where(np.arange(20) == 3, np.nan, 100.0)
+    with pytest.raises(InvalidInputError, match="1 cells"):
+        pseudobulk(adata, "condition", library_key="nan")
+    with pytest.raises(InvalidInputError, match="library_key"):
+        PseudoBulk(
+            keys=(("control", ""),),
+            means=np.zeros((1, 1)),
+            n_cells=np.ones(1),
+            genes=("a",),
+            control="control",
+            delimiter="+",
+            library_key="",
+        )

@@ -124,7 +124,12 @@ def test_fit_calibrates_on_validation_conditions(trained):
     assert trained.val_conditions == [["g3", "A"], ["g3", "B"]]
     assert trained.ood_reference > 0
     assert len(trained.seen_ood_scores) == 6  # g1, g2, g1+g2 in two contexts
-    assert np.median(trained.seen_ood_scores) == pytest.approx(1.0)
+    # the training groups' scores are on the combined scale: seen agents (prior distance 0), half the
+    # disagreement relative to its median on the validation conditions
+    scale = trained.ood_model.disagreement_scale
+    assert np.median(trained.seen_ood_scores) == pytest.approx(0.5 * trained.ood_reference / scale)
+    assert len(trained.ood_negatives) == 2  # the validation conditions' scores, about 1 by construction
+    assert np.median(trained.ood_negatives) == pytest.approx(1.0, abs=0.3)
 
 
 def test_predict_writes_cell_level_counterfactuals(trained, adata):
@@ -238,10 +243,19 @@ def test_fit_needs_controls_in_every_context(adata, vae):
 def test_calibration_json_has_one_home(trained, tmp_path):
     write_calibration(tmp_path, trained)
     values = read_calibration(tmp_path)
-    assert set(values) == {"calibrator", "ood_reference", "seen_ood_scores", "val_conditions"}
+    assert set(values) == {"calibrator", "ood_reference", "seen_ood_scores", "val_conditions", "ood_negatives",
+                           "ood_model", "base_shift"}  # fmt: skip
     assert values["calibrator"] == trained.calibrator
     assert values["ood_reference"] == pytest.approx(trained.ood_reference)
     assert values["val_conditions"] == trained.val_conditions
+    assert values["ood_negatives"] == pytest.approx(trained.ood_negatives)
+    assert values["ood_model"] == trained.ood_model
+    assert set(values["base_shift"].contexts) == {"A", "B"}
+    np.testing.assert_allclose(values["base_shift"].mean, trained.base_shift.mean)
+    # a file written before the OOD model and the base shift: disagreement-only score, no base
+    (tmp_path / "calibration.json").write_text('{"calibrator": null, "ood_reference": 2.0}')
+    old = read_calibration(tmp_path)
+    assert (old["ood_negatives"], old["ood_model"], old["base_shift"]) == ([], None, None)
     (tmp_path / "calibration.json").write_text('{"calibrator": {"levels": 1}}')
     with pytest.raises(CheckpointError, match="calibration.json"):
         read_calibration(tmp_path)

@@ -203,3 +203,19 @@ def test_real_priors_hallmark_go_collectri(shared_data):
     assert {"IER5L", "MAP4K5"} <= set(missing)  # in neither GO/Hallmark nor CollecTRI
     assert "ZBTB10" in priors  # absent from GO but in Hallmark and CollecTRI
     assert has.mean() > 0.85
+
+
+def test_prior_distance_to_trained_agents():
+    from genailab.foundation.perturbation import MAX_PRIOR_DISTANCE, prior_distance
+
+    feats = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.1, 0.0], [-1.0, -1.0, 0.0], [0.0, 0.0, 0.0]])
+    priors = GenePriors(("a", "b", "near_a", "far", "zero"), feats, ("x",), (3,))
+    d = prior_distance(priors, ["near_a", "far", "zero", "unknown", "a"], ["a", "b"])
+    cos_near = 1.0 / np.sqrt(1.01)
+    np.testing.assert_allclose(d[:2], [1 - cos_near, 1 + 1 / np.sqrt(2)], atol=1e-6)  # far: opposite to both
+    assert d[2] == d[3] == MAX_PRIOR_DISTANCE  # no (non-zero) priors: maximal
+    assert d[4] == 0.0  # a reference agent itself
+    assert (prior_distance(None, ["a", "x"], ["a"]) == [0.0, MAX_PRIOR_DISTANCE]).all()
+    assert (prior_distance(priors, ["a"], []) == [MAX_PRIOR_DISTANCE]).all()  # nothing to compare with
+    with pytest.raises(InvalidInputError, match="sequences"):
+        prior_distance(priors, "a", ["a"])

@@ -64,7 +64,10 @@ def test_every_split_kind_of_the_run_config_has_a_draw():
     from genailab.workflows.runconfig import SPLIT_KINDS
 
     assert sorted(PERTURB_SPLITS.names()) == sorted(SPLIT_KINDS)
-    with pytest.raises(InvalidInputError, match="registered split kinds are: all, combo, context, none"):
+    with pytest.raises(
+        InvalidInputError,
+        match="registered split kinds are: all, combo, combo_kfold, context, context_pair, none, single_kfold",
+    ):
         PERTURB_SPLITS.get("random")
     with pytest.raises(InvalidInputError, match="split='random' is not allowed"):
         PerturbRunConfig(split="random")

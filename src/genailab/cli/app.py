@@ -311,9 +311,20 @@ def synth_evaluate(
     condition_key: Annotated[str | None, typer.Option("--condition-key", help="Report per value of this key.")] = None,
     layer: Annotated[str | None, typer.Option("--layer")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Model directory SYN was sampled from: adds the diagnosis ladder (VAE ceiling, latent prior, "
+            "library sizes and zeros, per condition) to metrics.json and the report.",
+        ),
+    ] = None,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Re-splits of the real cells for the ladder's floors.")] = 20,
 ) -> None:
     """Compare synthetic with real cells (MMD, energy, W1, classifier AUC, marginals) beside a real-vs-real floor."""
-    workflows.evaluate_synth(real, syn, out, condition_key=condition_key, layer=layer, seed=seed)
+    workflows.evaluate_synth(
+        real, syn, out, condition_key=condition_key, layer=layer, seed=seed, model_dir=model, n_boot=n_boot
+    )
     _console().print(f"[green]wrote[/green] {out}/report.html and {out}/metrics.json")
 
 
@@ -336,7 +347,8 @@ def perturb_train(
         str | None,
         typer.Option(
             "--split",
-            help="unseen_single | combo | context (drawn with --seed), or all (no held-out set: a base to adapt).",
+            help="unseen_single | combo | context (drawn with --seed); combo_kfold | single_kfold | context_pair "
+            "(fold --set split_fold=K of --set split_folds=N); or all (no held-out set: a base to adapt).",
         ),
     ] = None,
     gene_sets: Annotated[
@@ -353,6 +365,10 @@ def perturb_train(
     config: Annotated[Path | None, typer.Option("--config", help="YAML config (see README).")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a key, e.g. --set model.n_members=3.")
+    ] = None,
+    library_key: Annotated[
+        str | None,
+        typer.Option("--library-key", help="obs column of whole-transcriptome library sizes (e.g. ncounts)."),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="One seed for everything (default 0).")] = None,
 ) -> None:
@@ -373,11 +389,14 @@ def perturb_train(
         sets=set_ or [],
         seed=seed,
         vae_dir=vae,
+        library_key=library_key,
     )
     held = summary["held_out"] + ["@".join(p) for p in summary["held_out_pairs"]]
     _console().print(
         f"[green]trained[/green] {summary['model_dir']} in {summary['wall_s']:.0f} s; held out: {', '.join(held)}"
     )
+    for note in summary.get("warnings", []):
+        _console().print(f"[yellow]warning[/yellow]: {note}")
 
 
 @perturb_app.command("adapt")
@@ -431,12 +450,27 @@ def perturb_evaluate(
         list[Path] | None,
         typer.Option("--gene-sets", help="GMT for pathway consistency (default: the first training GMT)."),
     ] = None,
+    library_key: Annotated[
+        str | None,
+        typer.Option("--library-key", help="obs column of whole-transcriptome library sizes (default: the run's)."),
+    ] = None,
+    cell_eval: Annotated[
+        bool, typer.Option("--cell-eval", help="Also score with cell-eval (the [eval] extra), beside ours.")
+    ] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Score the model and every baseline on the held-out split saved in MODEL_DIR."""
     summary = workflows.evaluate_perturb(
-        model_dir, data, out, gene_sets=[str(p) for p in gene_sets] if gene_sets else None, seed=seed
+        model_dir,
+        data,
+        out,
+        gene_sets=[str(p) for p in gene_sets] if gene_sets else None,
+        seed=seed,
+        library_key=library_key,
+        cell_eval=cell_eval,
     )
+    for note in summary.get("warnings", []):
+        _console().print(f"[yellow]warning[/yellow]: {note}")
     _console().print(f"[green]wrote[/green] {out}/report.html and {out}/metrics.json ({summary['n_queries']} queries)")
 
 

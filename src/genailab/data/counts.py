@@ -468,8 +468,8 @@ def recover_counts(
     return out, report
 
 
-def log_normalize(counts: Any, target_sum: float = 1e4) -> np.ndarray:
-    """Library-size normalise and log-transform counts: ``log1p(counts / row_sum * target_sum)``.
+def log_normalize(counts: Any, target_sum: float = 1e4, library: Any = None) -> np.ndarray:
+    """Library-size normalise and log-transform counts: ``log1p(counts / library * target_sum)``.
 
     Parameters
     ----------
@@ -477,16 +477,27 @@ def log_normalize(counts: Any, target_sum: float = 1e4) -> np.ndarray:
         Count matrix, shape ``(N, G)``, dense or scipy sparse.
     target_sum
         Total each cell is scaled to before ``log1p``.
+    library
+        Per-cell library sizes, shape ``(N,)`` (or ``(N, 1)``), e.g. ``obs['ncounts']``: the whole-transcriptome
+        UMI total of each cell when ``counts`` holds a gene subset (highly variable genes), so that values are on
+        the standard scale. ``None`` uses the row sums of ``counts``.
 
     Returns
     -------
     np.ndarray
-        Dense float64 array of shape ``(N, G)``; rows whose total is 0 stay 0.
+        Dense float64 array of shape ``(N, G)``; rows whose library (or total) is 0 stay 0.
 
     Raises
     ------
     InvalidInputError
-        If ``counts`` is not 2-D, holds negative or non-finite values, or ``target_sum`` is not positive.
+        If ``counts`` is not 2-D, holds negative or non-finite values, ``target_sum`` is not positive, or
+        ``library`` does not have one finite non-negative value per cell.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> log_normalize(np.array([[1.0, 3.0]]), target_sum=10.0, library=np.array([10.0])).round(3)
+    array([[0.693, 1.386]])
     """
     if isinstance(target_sum, bool) or not np.isfinite(target_sum) or target_sum <= 0:
         raise InvalidInputError(f"target_sum={target_sum!r} must be a positive finite number (e.g. 1e4).")
@@ -496,6 +507,27 @@ def log_normalize(counts: Any, target_sum: float = 1e4) -> np.ndarray:
         raise InvalidInputError(f"counts must be a 2-D (cells, genes) matrix, got shape {x.shape}.")
     if x.size and (not np.isfinite(x).all() or x.min() < 0):
         raise InvalidInputError("counts must be finite and non-negative; got negative, NaN or infinite values.")
-    total = x.sum(axis=1, keepdims=True)  # (N, 1)
+    if library is None:
+        total = x.sum(axis=1, keepdims=True)  # (N, 1)
+    else:
+        total = _library_column(library, x.shape[0])  # (N, 1)
     scale = np.divide(target_sum, total, out=np.zeros_like(total), where=total > 0)
     return np.log1p(x * scale)
+
+
+def _library_column(library: Any, n_obs: int) -> np.ndarray:
+    """Check per-cell library sizes and return them as a float64 ``(N, 1)`` column."""
+    try:
+        lib = np.asarray(library, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InvalidInputError(f"library must be numeric per-cell library sizes, shape ({n_obs},): {err}.") from err
+    if lib.shape == (n_obs, 1):
+        lib = lib[:, 0]
+    if lib.shape != (n_obs,):
+        raise InvalidInputError(f"library must have shape ({n_obs},) (one size per cell), got {lib.shape}.")
+    if lib.size and (not np.isfinite(lib).all() or lib.min() < 0):
+        bad = int((~np.isfinite(lib) | (lib < 0)).sum())
+        raise InvalidInputError(
+            f"library must be finite and non-negative; {bad} of {n_obs} cells have negative, NaN or infinite sizes."
+        )
+    return lib[:, None]

@@ -9,7 +9,8 @@
 - :func:`mmd_rbf`, :func:`energy_distance`, :func:`wasserstein1`, :func:`classifier_auc`: two-sample
   distances between point clouds (e.g. PCA coordinates of real and synthetic cells).
 - :func:`pseudobulk`, :data:`BASELINES`: perturbation pseudo-bulk profiles and the simple baselines
-  (no-change, train-mean, additive, linear, context-mean) every model is compared with.
+  (no-change, train-mean, additive, shrunk additive, linear with prior or data-derived embeddings, kNN in
+  prior space, context-mean) every model is compared with.
 - :func:`evaluate_synthesis`, :func:`write_synthesis_report`: synthetic vs real cells, every distance next
   to a real-vs-real floor, with a JSON + HTML report.
 - :func:`evaluate_perturbation_predictions`, :func:`write_perturbation_report`: predicted perturbation
@@ -19,10 +20,14 @@
 from genailab.evaluation.baselines import (
     BASELINES,
     AdditiveBaseline,
+    BaselineBase,
     ContextMeanBaseline,
+    KNNPriorBaseline,
     LinearBaseline,
+    LinearDataBaseline,
     NoChangeBaseline,
     PerturbationBaseline,
+    ShrunkAdditiveBaseline,
     TrainMeanBaseline,
 )
 from genailab.evaluation.distribution import (
@@ -38,7 +43,13 @@ from genailab.evaluation.metrics import (
     marginal_agreement,
     silhouette,
 )
-from genailab.evaluation.perturbation import PerturbationEvaluation, evaluate_perturbation_predictions
+from genailab.evaluation.perturbation import (
+    LOWER_IS_BETTER,
+    PerturbationEvaluation,
+    bootstrap_ci,
+    evaluate_perturbation_predictions,
+    paired_difference,
+)
 from genailab.evaluation.perturbation_metrics import QueryPrediction, QueryTruth, query_metrics
 from genailab.evaluation.pseudobulk import PseudoBulk, pseudobulk
 from genailab.evaluation.reports import (
@@ -50,8 +61,15 @@ from genailab.evaluation.reports import (
 from genailab.evaluation.synthesis import SynthesisEmbedding, evaluate_synthesis, pca_embed
 
 __all__ = [
+    "LOWER_IS_BETTER",
+    "bootstrap_ci",
+    "paired_difference",
     "BASELINES",
     "AdditiveBaseline",
+    "BaselineBase",
+    "KNNPriorBaseline",
+    "LinearDataBaseline",
+    "ShrunkAdditiveBaseline",
     "ContextMeanBaseline",
     "LinearBaseline",
     "NoChangeBaseline",

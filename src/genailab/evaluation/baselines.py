@@ -1,9 +1,12 @@
 """Simple perturbation-response baselines that any learned model must beat.
 
-Each baseline is a class registered by name in :data:`BASELINES` with the protocol
+Each baseline is a class registered by name in :data:`BASELINES` (importing this module registers every one,
+those of :mod:`genailab.evaluation.baselines_data` included) with the protocol
 
-``fit(train: PseudoBulk, *, priors: GenePriors | None = None) -> self``
-    learn from training pseudo-bulk profiles (and, for some, prior gene features);
+``fit(train: PseudoBulk, *, priors: GenePriors | None = None, validation: PseudoBulk | None = None) -> self``
+    learn from training pseudo-bulk profiles (and, for some, prior gene features or validation conditions carved
+    from training); a baseline that cannot be fitted from what it was given raises
+    :class:`~genailab.errors.InvalidInputError`;
 ``predict(condition: str, context: str = "") -> np.ndarray | None``
     the predicted *mean* log-normalised expression ``(G,)`` of the cells with ``condition`` in ``context``,
     or ``None`` when the baseline does not apply to that query (e.g. ``additive`` without both singles).
@@ -11,97 +14,59 @@ Each baseline is a class registered by name in :data:`BASELINES` with the protoc
 Every prediction starts from the control mean of the query's context; a context without control cells in the
 training data raises :class:`~genailab.errors.UnknownLabelError`.
 
-=================  ===========================================================================================
-``no_change``      the control mean.
-``train_mean``     control + the mean delta of the training perturbations (Csendes et al., 2025).
-``additive``       control + the sum of the single-gene deltas (Norman et al., Science 2019;
-                   Ahlmann-Eltze et al., Nat Methods 2025).
-``linear``         control + a bilinear ridge model on gene PCs and prior perturbation features
-                   (Ahlmann-Eltze et al., Nat Methods 2025).
-``context_mean``   control + the mean delta of the same condition in the other contexts (scGen-style
-                   transfer; Lotfollahi et al., Nat Methods 2019).
-=================  ===========================================================================================
+=====================  =======================================================================================
+``no_change``          the control mean.
+``train_mean``         control + the mean delta of the training perturbations (Csendes et al., 2025).
+``additive``           control + the sum of the single-gene deltas (Norman et al., Science 2019;
+                       Ahlmann-Eltze et al., Nat Methods 2025).
+``linear``             control + a bilinear ridge model on gene PCs and prior perturbation features
+                       (Ahlmann-Eltze et al., Nat Methods 2025).
+``context_mean``       control + the mean delta of the same condition in the other contexts (scGen-style
+                       transfer; Lotfollahi et al., Nat Methods 2019).
+``shrunk_additive``    control + ``a`` x the sum of the single deltas, ``a`` fitted on validation combinations
+                       (:mod:`~genailab.evaluation.baselines_data`, as the two below).
+``knn_prior``          control + the mean delta of the ``k`` trained agents nearest in prior-feature space.
+``linear_data``        ``linear`` with perturbation embeddings from the training data (the perturbed gene's
+                       row of the gene PCs).
+=====================  =======================================================================================
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Self
+from typing import Self
 
 import numpy as np
 
 from genailab.errors import InvalidInputError
+from genailab.evaluation.baselines_base import (
+    BASELINES,
+    BaselineBase,
+    PerturbationBaseline,
+    additive_delta,
+    check_k_ridge,
+    ridge_bilinear,
+)
+from genailab.evaluation.baselines_data import KNNPriorBaseline, LinearDataBaseline, ShrunkAdditiveBaseline
 from genailab.evaluation.pseudobulk import PseudoBulk
 from genailab.foundation.perturbation.priors import GenePriors
-from genailab.registry import Registry
 
 __all__ = [
     "BASELINES",
     "AdditiveBaseline",
+    "BaselineBase",
     "ContextMeanBaseline",
+    "KNNPriorBaseline",
     "LinearBaseline",
+    "LinearDataBaseline",
     "NoChangeBaseline",
     "PerturbationBaseline",
+    "ShrunkAdditiveBaseline",
     "TrainMeanBaseline",
 ]
 
 
-class PerturbationBaseline(Protocol):
-    """The protocol every registered baseline follows."""
-
-    def fit(self, train: PseudoBulk, *, priors: GenePriors | None = None) -> Self:
-        """Learn from training pseudo-bulk profiles (and optionally prior gene features)."""
-        ...
-
-    def predict(self, condition: str, context: str = "") -> np.ndarray | None:
-        """Predicted mean log-normalised expression ``(G,)``, or ``None`` when not applicable."""
-        ...
-
-
-BASELINES: Registry[type[PerturbationBaseline]] = Registry("perturbation baseline")
-
-
-class _Baseline:
-    """Shared plumbing: input checks at ``fit`` and the control mean of the query context."""
-
-    _train: PseudoBulk | None = None
-
-    def fit(self, train: PseudoBulk, *, priors: GenePriors | None = None) -> Self:
-        """Store the training pseudo-bulk.
-
-        Parameters
-        ----------
-        train
-            Training pseudo-bulk profiles.
-        priors
-            Prior gene features (unused by this baseline).
-
-        Returns
-        -------
-        Self
-            The fitted baseline.
-        """
-        self._check_inputs(train, priors)
-        self._train = train
-        return self
-
-    @staticmethod
-    def _check_inputs(train: PseudoBulk, priors: GenePriors | None) -> None:
-        if not isinstance(train, PseudoBulk):
-            raise InvalidInputError(f"train must be a PseudoBulk (see pseudobulk()), got {type(train).__name__}.")
-        if priors is not None and not isinstance(priors, GenePriors):
-            raise InvalidInputError(f"priors must be GenePriors or None, got {type(priors).__name__}.")
-
-    def _fitted(self) -> PseudoBulk:
-        if self._train is None:
-            raise InvalidInputError(f"{type(self).__name__} is not fitted; call fit(train) before predict().")
-        return self._train
-
-    def _control(self, context: str) -> np.ndarray:
-        return self._fitted().control_mean(context)
-
-
 @BASELINES.register("no_change")
-class NoChangeBaseline(_Baseline):
+class NoChangeBaseline(BaselineBase):
     """Predict the control mean of the query context: the perturbation has no effect."""
 
     def predict(self, condition: str, context: str = "") -> np.ndarray | None:
@@ -123,7 +88,7 @@ class NoChangeBaseline(_Baseline):
 
 
 @BASELINES.register("train_mean")
-class TrainMeanBaseline(_Baseline):
+class TrainMeanBaseline(BaselineBase):
     """Control plus the mean delta of all training perturbations.
 
     The mean is over the perturbed groups of the query's context when it has any, else over every context.
@@ -131,7 +96,7 @@ class TrainMeanBaseline(_Baseline):
     post-perturbation RNA-seq prediction", BMC Genomics 2025).
     """
 
-    def fit(self, train: PseudoBulk, *, priors: GenePriors | None = None) -> Self:
+    def fit(self, train: PseudoBulk, *, priors: GenePriors | None = None, validation: PseudoBulk | None = None) -> Self:
         """Store the training pseudo-bulk and its mean deltas.
 
         Parameters
@@ -140,13 +105,15 @@ class TrainMeanBaseline(_Baseline):
             Training pseudo-bulk; at least one perturbed group must share its context with control cells.
         priors
             Unused.
+        validation
+            Unused.
 
         Returns
         -------
         Self
             The fitted baseline.
         """
-        self._check_inputs(train, priors)
+        self._check_inputs(train, priors, validation)
         keys = train.perturbed_keys()
         if not keys:
             raise InvalidInputError(
@@ -180,7 +147,7 @@ class TrainMeanBaseline(_Baseline):
 
 
 @BASELINES.register("additive")
-class AdditiveBaseline(_Baseline):
+class AdditiveBaseline(BaselineBase):
     """Control plus the sum of the single-perturbation deltas of the query's constituents in its context.
 
     The additive model of combinatorial perturbations (Norman et al., Science 2019), which deep models rarely
@@ -203,16 +170,13 @@ class AdditiveBaseline(_Baseline):
         np.ndarray or None
             Shape ``(G,)``; ``None`` if a constituent single is not in training in ``context``.
         """
-        train = self._fitted()
         control = self._control(context)
-        singles = train.singles(condition)
-        if not all(train.has(s, context) for s in singles):
-            return None
-        return control + sum((train.delta(s, context) for s in singles), np.zeros_like(control))
+        summed = additive_delta(self._fitted(), condition, context)
+        return None if summed is None else control + summed
 
 
 @BASELINES.register("linear")
-class LinearBaseline(_Baseline):
+class LinearBaseline(BaselineBase):
     """Bilinear ridge model on gene embeddings and prior perturbation embeddings.
 
     The linear baseline of Ahlmann-Eltze, Huber & Anders ("Deep-learning-based gene perturbation effect
@@ -236,12 +200,7 @@ class LinearBaseline(_Baseline):
     """
 
     def __init__(self, *, k: int = 10, ridge: float = 0.1) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InvalidInputError(f"k={k!r} must be a positive integer (number of gene principal components).")
-        if isinstance(ridge, bool) or not np.isfinite(ridge) or ridge < 0:
-            raise InvalidInputError(f"ridge={ridge!r} must be a finite non-negative number.")
-        self.k = k
-        self.ridge = float(ridge)
+        self.k, self.ridge = check_k_ridge(k, ridge)
 
     def _embedding(self, condition: str) -> np.ndarray | None:
         singles = self._fitted().singles(condition)
@@ -252,7 +211,7 @@ class LinearBaseline(_Baseline):
             return None
         return feats.astype(np.float64).sum(axis=0)  # (d,)
 
-    def fit(self, train: PseudoBulk, *, priors: GenePriors | None = None) -> Self:
+    def fit(self, train: PseudoBulk, *, priors: GenePriors | None = None, validation: PseudoBulk | None = None) -> Self:
         """Fit ``G_emb``, ``b``, ``p_bar`` and ``W`` on the training deltas.
 
         Parameters
@@ -261,6 +220,8 @@ class LinearBaseline(_Baseline):
             Training pseudo-bulk.
         priors
             Prior gene features (required), e.g. from :func:`~genailab.foundation.perturbation.build_gene_priors`.
+        validation
+            Unused.
 
         Returns
         -------
@@ -272,7 +233,7 @@ class LinearBaseline(_Baseline):
         InvalidInputError
             If ``priors`` is ``None`` or no perturbed training group has priors for all its genes.
         """
-        self._check_inputs(train, priors)
+        self._check_inputs(train, priors, validation)
         if priors is None:
             raise InvalidInputError(
                 "the linear baseline needs gene priors (priors=GenePriors, e.g. from build_gene_priors) to embed "
@@ -299,10 +260,7 @@ class LinearBaseline(_Baseline):
         u, s, _ = np.linalg.svd(y_c, full_matrices=False)
         k = min(self.k, s.size)
         self.gene_embedding_ = u[:, :k] * s[:k]  # (G, K)
-        g = self.gene_embedding_
-        left = np.linalg.solve(g.T @ g + self.ridge * np.eye(k), g.T @ y_c)  # (K, P)
-        right = np.linalg.solve(p_c.T @ p_c + self.ridge * np.eye(p_c.shape[1]), p_c.T).T  # (P, d)
-        self.w_ = left @ right  # (K, d)
+        self.w_ = ridge_bilinear(self.gene_embedding_, y_c, p_c, self.ridge)  # (K, d)
         self.n_fit_ = len(columns)
         return self
 
@@ -331,7 +289,7 @@ class LinearBaseline(_Baseline):
 
 
 @BASELINES.register("context_mean")
-class ContextMeanBaseline(_Baseline):
+class ContextMeanBaseline(BaselineBase):
     """Control of the query context plus the mean delta of the same condition in the other training contexts.
 
     The delta-transfer idea of scGen (Lotfollahi, Wolf & Theis, Nat Methods 2019) in expression space: a

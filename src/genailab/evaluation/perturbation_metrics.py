@@ -7,6 +7,11 @@ its observed perturbed and control cells (log-normalised, ``log1p(counts / libra
 and "DE genes" are the genes with the largest ``|Welch t|`` between the observed perturbed and control
 cells (:func:`top_de_genes`). :func:`gene_set_indices` maps named gene sets to column indices for the
 pathway metrics. :func:`check_truths` and :func:`check_predictions` validate whole evaluation inputs.
+:data:`LOWER_IS_BETTER` names the metrics where smaller is better.
+
+``l2_top_n`` (called ``l2_top1000`` in earlier versions) is the L2 distance of the predicted and observed means
+over the ``N = min(n_expressed, G)`` genes most expressed in the controls: with a 500-gene matrix it is
+the L2 over all 500 genes, not over 1000.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from genailab.errors import InvalidInputError
 from genailab.evaluation.distribution import energy_distance
 
 __all__ = [
+    "LOWER_IS_BETTER",
     "METRICS",
     "QueryPrediction",
     "QueryTruth",
@@ -36,13 +42,16 @@ METRICS = (
     "pearson_delta",
     "pearson_delta_de20",
     "mse_de20",
-    "l2_top1000",
+    "l2_top_n",
     "direction_acc_de20",
     "r2_mean_de100",
     "pathway_pearson",
     "pathway_sign_agreement",
     "e_distance",
 )
+# Metrics where a smaller value is better (every other metric: larger is better). Includes the derived
+# per-query columns of the evaluation (the energy distance relative to the no-change reference).
+LOWER_IS_BETTER: frozenset[str] = frozenset({"mse_de20", "l2_top_n", "e_distance", "e_distance_ratio_to_no_change"})
 MIN_SET_SIZE = 5  # gene sets with fewer genes are ignored
 MIN_SETS = 3  # pathway metrics need at least this many usable sets
 
@@ -256,7 +265,8 @@ def query_metrics(
     n_de_r2
         Number of top DE genes for ``r2_mean_de100``.
     n_expressed
-        Number of most expressed genes (by control mean) for ``l2_top1000``.
+        Number of most expressed genes (by control mean) for ``l2_top_n``, capped at ``G``: with fewer
+        genes the L2 covers all of them (the evaluation records the effective N).
     seed
         Seed of the energy-distance subsample.
     pca
@@ -295,7 +305,7 @@ def query_metrics(
         "pearson_delta": _pearson(pred_delta, obs_delta),
         "pearson_delta_de20": _pearson(pred_delta[de], obs_delta[de]),
         "mse_de20": float(((mean[de] - obs_mean[de]) ** 2).mean()),
-        "l2_top1000": float(np.linalg.norm(mean[expressed] - obs_mean[expressed])),
+        "l2_top_n": float(np.linalg.norm(mean[expressed] - obs_mean[expressed])),
         "direction_acc_de20": float((np.sign(pred_delta[de]) == np.sign(obs_delta[de])).mean()),
         "r2_mean_de100": _r2(mean[de_r2], obs_mean[de_r2]),
         "pathway_pearson": pathway_r,

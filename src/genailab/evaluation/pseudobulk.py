@@ -3,6 +3,10 @@
 Perturbation-response baselines (:mod:`genailab.evaluation.baselines`) and metrics compare *population*
 means: the mean ``log1p(counts / library * 1e4)`` of the cells of one perturbation (``"KLF1"``,
 ``"SET+KLF1"``) in one context (a cell line), and its *delta* from the control cells of the same context.
+
+When the matrix is a gene subset (e.g. 500 highly variable genes), the standard library is the cell's
+whole-transcriptome total (``obs['ncounts']``, ``library_key=``), not the row sum over the subset: otherwise one
+UMI weighs ~100 times more than on the scale of GEARS, Ahlmann-Eltze et al. or PerturBench.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ class PseudoBulk:
         The control condition label.
     delimiter
         Separator of the single perturbations in a combination label (``"SET+KLF1"``).
+    library_key
+        The ``obs`` column of per-cell library sizes the means were normalised by, or ``None`` when each cell was
+        normalised by its row sum over ``genes``.
     """
 
     keys: tuple[tuple[str, str], ...]
@@ -50,6 +57,7 @@ class PseudoBulk:
     genes: tuple[str, ...]
     control: str
     delimiter: str
+    library_key: str | None = None
     _index: dict[tuple[str, str], int] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +74,8 @@ class PseudoBulk:
             raise InvalidInputError("PseudoBulk keys must be unique (condition, context) pairs.")
         if not self.delimiter:
             raise InvalidInputError(f"delimiter={self.delimiter!r} must be a non-empty string such as '+'.")
+        if self.library_key is not None and not (isinstance(self.library_key, str) and self.library_key):
+            raise InvalidInputError(f"library_key={self.library_key!r} must be a non-empty obs column name or None.")
         object.__setattr__(self, "keys", keys)
         object.__setattr__(self, "means", means)
         object.__setattr__(self, "n_cells", n_cells)
@@ -248,6 +258,29 @@ def _obs_labels(adata: Any, key: str, argument: str) -> np.ndarray:
     return series.astype(str).to_numpy()
 
 
+def _obs_library(adata: Any, key: str) -> np.ndarray:
+    obs = adata.obs
+    if key not in obs.columns:
+        cols = ", ".join(repr(str(c)) for c in obs.columns) or "none"
+        raise MissingKeyError(
+            f"library_key={key!r} is not an obs column (per-cell library sizes, e.g. 'ncounts'); available obs "
+            f"columns: {cols}."
+        )
+    series = obs[key]
+    if not (pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)):
+        raise InvalidInputError(
+            f"obs[{key!r}] (library_key) must hold numeric per-cell library sizes, got dtype {series.dtype}."
+        )
+    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        raise InvalidInputError(
+            f"obs[{key!r}] (library_key) must be finite and non-negative; {int(bad.sum())} cells have missing, "
+            "negative or infinite library sizes."
+        )
+    return values
+
+
 def _row_indices(indices: Any, n_obs: int) -> np.ndarray:
     if indices is None:
         return np.arange(n_obs)
@@ -273,6 +306,7 @@ def pseudobulk(
     delimiter: str = "+",
     layer: str | None = None,
     indices: Sequence[int] | np.ndarray | None = None,
+    library_key: str | None = None,
 ) -> PseudoBulk:
     """Mean log-normalised expression (:func:`log_normalize`) of each (condition, context) group of cells.
 
@@ -292,6 +326,10 @@ def pseudobulk(
         Layer holding the counts; ``None`` for ``adata.X``.
     indices
         Rows to use (integer indices or a boolean mask); ``None`` for all cells.
+    library_key
+        ``obs`` column of per-cell library sizes (e.g. ``"ncounts"``, the whole-transcriptome UMI total when the
+        matrix is a gene subset); ``None`` normalises each cell by its row sum. Recorded as
+        :attr:`PseudoBulk.library_key`.
 
     Returns
     -------
@@ -301,9 +339,10 @@ def pseudobulk(
     Raises
     ------
     MissingKeyError
-        If ``perturbation_key``, ``context_key`` or ``layer`` is absent.
+        If ``perturbation_key``, ``context_key``, ``library_key`` or ``layer`` is absent.
     InvalidInputError
-        If labels are missing, or ``indices`` is invalid or selects no cells.
+        If labels are missing, library sizes are not finite non-negative numbers, or ``indices`` is invalid or
+        selects no cells.
 
     Notes
     -----
@@ -317,6 +356,7 @@ def pseudobulk(
         if context_key is None
         else _obs_labels(adata, context_key, "context_key")
     )
+    library = None if library_key is None else _obs_library(adata, library_key)
     rows = _row_indices(indices, adata.n_obs)
     if rows.size == 0:
         raise InvalidInputError("indices selects no cells; expected at least one.")
@@ -327,7 +367,7 @@ def pseudobulk(
     for start in range(0, rows.size, _CHUNK_ROWS):
         chunk_rows = rows[start : start + _CHUNK_ROWS]
         chunk = matrix[chunk_rows]
-        lognorm = log_normalize(chunk)  # (n, G)
+        lognorm = log_normalize(chunk, library=None if library is None else library[chunk_rows])  # (n, G)
         onehot = sparse.csr_matrix(
             (np.ones(chunk_rows.size), (codes[start : start + _CHUNK_ROWS], np.arange(chunk_rows.size))),
             shape=(n_groups, chunk_rows.size),
@@ -341,4 +381,5 @@ def pseudobulk(
         genes=tuple(str(g) for g in adata.var_names),
         control=control,
         delimiter=delimiter,
+        library_key=library_key,
     )

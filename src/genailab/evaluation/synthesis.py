@@ -63,7 +63,7 @@ from genailab.evaluation.synthesis_embedding import (
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["SynthesisEmbedding", "evaluate_synthesis", "pca_embed"]
+__all__ = ["SynthesisEmbedding", "clean_json", "evaluate_synthesis", "pca_embed"]
 
 MMD_SCALES = (0.5, 1.0, 2.0)
 EPS = 1e-4
@@ -228,14 +228,24 @@ def _fidelity(
     return out
 
 
-def _clean(obj: Any) -> Any:
-    """Plain Python types only; NaN and infinities become ``None`` so strict JSON works."""
+def clean_json(obj: Any) -> Any:
+    """A copy of ``obj`` in plain Python types; NaN and infinities become ``None`` so strict JSON works.
+
+    Parameters
+    ----------
+    obj
+        Nested mappings, sequences, numpy arrays and scalars.
+
+    Returns
+    -------
+    Dicts (string keys), lists, bools, ints, floats, ``None`` and other leaves unchanged.
+    """
     if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): clean_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [clean_json(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return [_clean(v) for v in obj.tolist()]
+        return [clean_json(v) for v in obj.tolist()]
     if isinstance(obj, bool | np.bool_):
         return bool(obj)
     if isinstance(obj, int | np.integer):
@@ -394,7 +404,7 @@ def evaluate_synthesis(
         "detector": ("HistGradientBoostingClassifier, stratified 5-fold ROC AUC, classes balanced by subsampling"),
         "ratio_rule": RATIO_RULE,
     }
-    return _clean(
+    return clean_json(
         {
             "overall": overall,
             "per_condition": per_condition,

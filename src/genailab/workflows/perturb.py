@@ -6,7 +6,10 @@ run config (written first), ``split.json``, ``vae/`` (trained on the training ce
 summary (written when training finished).
 
 The held-out set of a run is drawn by the split kind named in its config (``--split``), one function
-per kind in :data:`PERTURB_SPLITS`.
+per kind in :data:`PERTURB_SPLITS`. The k-fold kinds (``combo_kfold``, ``single_kfold``, ``context_pair``)
+hold out fold ``split_fold``; the run records, for each held-out condition, how many of its agents are
+seen in training (``split.json`` params and ``run.json``: ``seen``). ``perturb evaluate`` lives in
+:mod:`genailab.workflows.perturb_evaluate` (re-exported here).
 """
 
 from __future__ import annotations
@@ -19,39 +22,29 @@ from typing import Any
 
 import numpy as np
 
-from genailab.constants import BATCH_KEYS
 from genailab.data import (
     DataSpec,
     Split,
     carve_validation,
     combination_split,
     holdout_split,
-    log_normalize,
     obs_labels,
     parse_holdouts,
-    read_gmt,
     read_h5ad,
     split_label,
     validate_counts,
 )
 from genailab.errors import InvalidInputError
-from genailab.evaluation import (
-    BASELINES,
-    QueryPrediction,
-    QueryTruth,
-    evaluate_perturbation_predictions,
-    pseudobulk,
-    write_perturbation_report,
-)
 from genailab.foundation.perturbation.compounds import compound_priors, read_smiles
 from genailab.foundation.perturbation.priors import build_gene_priors
 from genailab.foundation.recipes import LatentTokenVAE, PerturbDeltaModel, load_model
-from genailab.io import atomic_write_json, check_writable, write_h5ad
+from genailab.io import check_writable, write_h5ad
 from genailab.registry import Registry
 from genailab.serialization import CONFIG_NAME
 from genailab.training import seed_everything
+from genailab.workflows.perturb_evaluate import count_seen_agents, evaluate_perturb, resolve_library, seen_label
 from genailab.workflows.runconfig import PerturbRunConfig, VAERunConfig, resolve_run_config
-from genailab.workflows.rundir import RunDirectory, read_run_config, split_path, write_output_record
+from genailab.workflows.rundir import RunDirectory, write_output_record
 from genailab.workflows.vae import train_vae_on
 
 __all__ = [
@@ -280,6 +273,87 @@ def _split_all(inputs: SplitInputs) -> Split:
     return _carve(inputs, split, "combination" if combos else "agent")
 
 
+def _folds(inputs: SplitInputs, pool: list[str], what: str) -> tuple[list[str], list[list[str]]]:
+    """``pool`` in ``split_folds`` folds (a seeded permutation): (fold ``split_fold``, every fold)."""
+    config = inputs.config
+    if inputs.everywhere or inputs.pairs:
+        raise InvalidInputError(f"--split {config.split} draws its own held-out set; do not combine it with --holdout.")
+    if len(pool) < config.split_folds:
+        raise InvalidInputError(
+            f"--split {config.split} needs at least split_folds={config.split_folds} {what}; found {len(pool)}"
+            f" ({', '.join(pool[:10])}). Lower --set split_folds=K."
+        )
+    order = np.random.default_rng(config.seed).permutation(len(pool))
+    folds = [sorted(pool[int(i)] for i in part) for part in np.array_split(order, config.split_folds)]
+    return folds[config.split_fold], folds
+
+
+def _with_seen(inputs: SplitInputs, split: Split, extra: Mapping[str, Any]) -> Split:
+    """Record ``extra`` and each held-out condition's seen-ness (``"k/n"`` agents seen in training) in the params."""
+    config = inputs.config
+    seen = count_seen_agents(inputs.labels, split.train, control=config.control, delimiter=config.delimiter)
+    held = sorted(set(inputs.labels[split.test].tolist()))
+    seen_of = {c: seen_label(c, seen, control=config.control, delimiter=config.delimiter) for c in held}
+    params = {**split.params, **extra, "seen": seen_of}
+    return Split(split.name, train=split.train, val=split.val, test=split.test, params=params)
+
+
+@PERTURB_SPLITS.register("combo_kfold")
+def _split_combo_kfold(inputs: SplitInputs) -> Split:
+    """Every double in ``split_folds`` folds, fold ``split_fold`` held out; its seen-ness recorded per double.
+
+    Doubles with an agent that has neither single-agent cells nor prior features cannot be embedded
+    when held out; they stay in training (``params['not_in_folds']``).
+    """
+    config, parts = inputs.config, inputs.parts
+    singles = {ps[0] for ps in parts.values() if len(ps) == 1}
+    doubles = sorted(lab for lab, ps in parts.items() if len(ps) == 2)
+    known = set() if inputs.priors is None else {a for ps in parts.values() for a in ps if a in inputs.priors}
+    pool = [d for d in doubles if all(a in singles or a in known for a in parts[d])]
+    held, folds = _folds(inputs, pool, "doubles whose agents are single-perturbed or have priors")
+    split = _carve(inputs, _hold_out(inputs, "combo_kfold", held, []), "combination")
+    extra = {"fold": config.split_fold, "folds": folds, "not_in_folds": sorted(set(doubles) - set(pool))}
+    return _with_seen(inputs, split, extra)
+
+
+@PERTURB_SPLITS.register("single_kfold")
+def _split_single_kfold(inputs: SplitInputs) -> Split:
+    """The single agents with prior features in ``split_folds`` folds; fold ``split_fold`` held out everywhere."""
+    config = inputs.config
+    if inputs.priors is None:
+        raise InvalidInputError("--split single_kfold holds out unseen agents; give priors (--gene-sets / --grn).")
+    pool = sorted(lab for lab, ps in inputs.parts.items() if len(ps) == 1 and lab in inputs.priors)
+    held, folds = _folds(inputs, pool, "single perturbations with prior features")
+    split = _carve(inputs, _hold_out(inputs, "single_kfold", held, []), "agent")
+    return _with_seen(inputs, split, {"fold": config.split_fold, "folds": folds})
+
+
+@PERTURB_SPLITS.register("context_pair")
+def _split_context_pair(inputs: SplitInputs) -> Split:
+    """One (perturbation, context) pair per fold, over every pair whose perturbation occurs in 2+ contexts."""
+    config, labels, contexts = inputs.config, inputs.labels, inputs.contexts
+    if config.context_key is None:
+        raise InvalidInputError("--split context_pair needs --context-key.")
+    if inputs.everywhere or inputs.pairs:
+        raise InvalidInputError("--split context_pair draws its own held-out pair; do not combine it with --holdout.")
+    found = sorted(
+        {(lab, c) for lab, c in zip(labels.tolist(), contexts.tolist(), strict=True) if lab != config.control}
+    )
+    n_ctx: dict[str, int] = {}
+    for lab, _ in found:
+        n_ctx[lab] = n_ctx.get(lab, 0) + 1
+    candidates = [(lab, c) for lab, c in found if n_ctx[lab] > 1]
+    if config.split_fold >= len(candidates):
+        raise InvalidInputError(
+            f"--split context_pair has {len(candidates)} folds (one per (perturbation, context) pair whose "
+            f"perturbation occurs in two or more contexts); split_fold={config.split_fold} is out of range."
+        )
+    pair = candidates[config.split_fold]
+    split = _carve(inputs, _hold_out(inputs, "context_pair", [], [pair]), "pair")
+    extra = {"fold": config.split_fold, "folds": [[f"{p}@{c}"] for p, c in candidates]}
+    return _with_seen(inputs, split, extra)
+
+
 def train_perturb(
     data: str | Path,
     out: str | Path,
@@ -297,6 +371,7 @@ def train_perturb(
     sets: list[str] | None = None,
     seed: int | None = None,
     vae_dir: str | Path | None = None,
+    library_key: str | None = None,
 ) -> dict[str, Any]:
     """``genailab perturb train``: split, train the VAE on training cells, train and calibrate the ensemble."""
     check_writable(out, argument="--out")
@@ -310,6 +385,7 @@ def train_perturb(
         "grn": [str(Path(p).resolve()) for p in grn] if grn else None,
         "smiles": str(Path(smiles).resolve()) if smiles else None,
         "dose_key": dose_key,
+        "library_key": library_key,
         "seed": seed,
     }
     config = resolve_run_config(config_path, list(sets or []), cli=cli, cls=PerturbRunConfig)
@@ -331,6 +407,10 @@ def train_perturb_on(
     """Train a perturbation model on an AnnData (see :func:`train_perturb`); returns the run summary."""
     out = check_writable(out, argument="--out")
     validate_counts(adata, layer=config.layer)
+    library_key = config.library_key or config.model.library_key  # one key for the run and the model
+    if (config.library_key, config.model.library_key) != (library_key, library_key):
+        config = config.replace(library_key=library_key, model=config.model.replace(library_key=library_key))
+    _, warnings = resolve_library(adata, library_key)  # refuses a missing library column early
     if config.context_key is not None and config.context_key not in config.model.context_keys:
         config = config.replace(
             model=config.model.replace(context_keys=(config.context_key, *config.model.context_keys))
@@ -385,11 +465,16 @@ def train_perturb_on(
             "split": {"name": split.name, **split.sizes, "val_conditions": split.params.get("val_conditions", [])},
             "held_out": split.params.get("held_out", []),
             "held_out_pairs": split.params.get("held_out_pairs", []),
+            "fold": split.params.get("fold"),
+            "seen": split.params.get("seen", {}),
+            "library_key": config.library_key,
+            "warnings": warnings,
             "vae": {"dir": str(vae_path), "wall_s": t_vae, "metrics": (vae_summary or {}).get("metrics", {})},
             "n_trainable_parameters": n_trainable,
             "n_frozen_parameters": sum(p.numel() for p in model.vae.parameters()),
             "calibrated": model.calibrator is not None,
             "seen_ood_scores": model.seen_ood_scores,
+            "ood_negatives": model.ood_negatives,
             "members": [r.to_dict() for r in results],
             "wall_s": time.perf_counter() - t0,
         }
@@ -441,89 +526,3 @@ def predict_perturb(
         suffix=".json",
     )
     return {**info, "n_cells": int(pred.n_obs), "out": str(out)}
-
-
-def evaluate_perturb(
-    model_dir: str | Path,
-    data: str | Path | Any,
-    out: str | Path,
-    *,
-    gene_sets: Sequence[str] | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """``genailab perturb evaluate``: the model and every baseline on the test split saved in ``model_dir``."""
-    out = check_writable(out, argument="--out")
-    d = Path(model_dir)
-    model = load_model(d, expected=PerturbDeltaModel)
-    split = Split.load(split_path(d))
-    run_cfg = dict((read_run_config(d) or {}).get("config", {}))
-    adata = read_h5ad(data) if isinstance(data, (str, Path)) else data
-    if int(split.params.get("n_obs", adata.n_obs)) != adata.n_obs:
-        raise InvalidInputError(
-            f"the split in {str(d)!r} is for {split.params.get('n_obs')} cells but DATA has {adata.n_obs}; "
-            "evaluate on the data the model was trained on."
-        )
-    key, control = model.perturbation_key, model.vocab.control
-
-    labels = obs_labels(adata, key, "perturbation_key")
-    contexts = model.context_labels(adata)
-    tmp = adata.copy()
-    tmp.obs["_genailab_context"] = contexts
-    train_pb = pseudobulk(tmp, key, context_key="_genailab_context", control=control,
-                          delimiter=model.vocab.delimiter, indices=split.train)  # fmt: skip
-    baselines = {}
-    for name in BASELINES.names():
-        try:
-            baselines[name] = BASELINES.get(name)().fit(train_pb, priors=model.priors)
-        except InvalidInputError:
-            continue  # e.g. the linear model without gene priors
-    test = split.test
-    queries = sorted({(labels[r], contexts[r]) for r in test.tolist()})
-    # latents of every control cell, computed once for all queries
-    cells = model.cell_data(adata, np.flatnonzero(labels == control))
-    counts_ds = cells.counts_ds
-    truths, preds = [], {"genailab": [], **{n: [] for n in baselines}}
-    for condition, ctx in queries:
-        rows = test[(labels[test] == condition) & (contexts[test] == ctx)]
-        ctrl_rows = np.flatnonzero((labels == control) & (contexts == ctx))
-        if len(ctrl_rows) == 0:
-            raise InvalidInputError(f"no control cells in context {ctx!r} to predict {condition!r} from.")
-        pert_x = log_normalize(counts_ds[rows.tolist()][BATCH_KEYS.COUNTS].numpy())
-        ctrl_x = log_normalize(counts_ds[ctrl_rows.tolist()][BATCH_KEYS.COUNTS].numpy())
-        truths.append(QueryTruth(condition=condition, context=ctx, perturbed=pert_x, control=ctrl_x))
-        codes = model.context_codes(adata[ctrl_rows[:1]])[0]
-        pred, _ = model.query(adata, ctrl_rows, condition, cells=cells, context_codes=codes, seed=seed)
-        preds["genailab"].append(
-            QueryPrediction(
-                mean=pred.mean, sigma=pred.sigma, cells=log_normalize(pred.counts), ood_score=pred.ood_score
-            )
-        )
-        for name, base in baselines.items():
-            m = base.predict(condition, ctx)
-            preds[name].append(None if m is None else QueryPrediction(mean=np.asarray(m, dtype=np.float64)))
-    sets = {}
-    for path in gene_sets if gene_sets is not None else list(run_cfg.get("gene_sets", []))[:1]:
-        sets.update(read_gmt(path))
-    evaluation = evaluate_perturbation_predictions(
-        truths,
-        preds,
-        genes=list(model.vae.genes),
-        gene_sets=sets or None,
-        calibrator={"genailab": model.calibrator} if model.calibrator is not None else None,
-        seen_ood_scores={"genailab": model.seen_ood_scores} if model.seen_ood_scores else None,
-        seed=seed,
-    )
-    paths = write_perturbation_report(evaluation, out, truths=truths, predictions=preds,
-                                      title=f"Perturbation evaluation: {split.name} split")  # fmt: skip
-    summary = {
-        "model_dir": str(d.resolve()),
-        "split": split.name,
-        "n_queries": len(queries),
-        "methods": list(preds),
-        "summary": evaluation.to_dict()["summary"],
-        "uncertainty": evaluation.to_dict()["uncertainty"],
-        "files": {k: str(v) for k, v in paths.items()},
-        "seed": seed,
-    }
-    atomic_write_json(out / "evaluate.json", summary)
-    return summary

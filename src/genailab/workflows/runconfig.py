@@ -229,7 +229,7 @@ class SynthRunConfig(TokenizerRunFields):
         )
 
 
-SPLIT_KINDS = ("none", "unseen_single", "combo", "context", "all")
+SPLIT_KINDS = ("none", "unseen_single", "combo", "context", "all", "combo_kfold", "single_kfold", "context_pair")
 
 
 def _perturb_train_default() -> TrainConfig:
@@ -248,8 +248,15 @@ class PerturbRunConfig(Config):
     ``split_fraction`` of the single agents that have prior features), ``combo`` (combinations with
     ``split_seen`` of 2 singles seen) or ``context`` (``split_n_pairs`` perturbations each held out in
     one context) or ``all`` (no held-out set: every cell trains, e.g. a base model to adapt later with
-    ``genailab perturb adapt``). ``gene_sets`` / ``grn`` give gene priors; ``smiles`` (a TSV/CSV of compound name and
+    ``genailab perturb adapt``). The k-fold kinds vary the test set over folds: ``combo_kfold`` (every
+    double in ``split_folds`` folds, fold ``split_fold`` held out), ``single_kfold`` (the singles with prior
+    features in ``split_folds`` folds) and ``context_pair`` (one (perturbation, context) pair per fold,
+    over every pair whose perturbation occurs in two or more contexts; ``split_fold`` picks it).
+    ``gene_sets`` / ``grn`` give gene priors; ``smiles`` (a TSV/CSV of compound name and
     SMILES) gives compound fingerprints for ``model.encoder=compound`` (needs RDKit).
+    ``library_key`` names the ``obs`` column of whole-transcriptome library sizes (e.g. ``ncounts``)
+    used to log-normalise cells when the matrix is a gene subset; ``None`` uses the row sums (the
+    model config's ``library_key`` is set from it).
     """
 
     seed: int = 0
@@ -263,6 +270,9 @@ class PerturbRunConfig(Config):
     split_fraction: float = 0.2
     split_seen: int = 2
     split_n_pairs: int = 1
+    split_fold: int = 0
+    split_folds: int = 5
+    library_key: str | None = None
     holdouts: tuple[str, ...] = ()
     gene_sets: tuple[str, ...] = ()
     grn: tuple[str, ...] = ()
@@ -282,13 +292,23 @@ class PerturbRunConfig(Config):
     PASSTHROUGH: ClassVar[dict[str, type]] = {"vae": LatentTokenVAEConfig, "backbone_config": Config}
 
     def __post_init__(self) -> None:
-
         check_positive("seed", self.seed, strict=False, integer=True)
         if self.split not in SPLIT_KINDS:
             raise InvalidInputError(f"split={self.split!r} is not allowed; expected one of {', '.join(SPLIT_KINDS)}.")
         if self.split_seen not in (0, 1, 2):
             raise InvalidInputError(f"split_seen={self.split_seen!r} must be 0, 1 or 2.")
         check_positive("split_n_pairs", self.split_n_pairs, integer=True)
+        check_positive("split_fold", self.split_fold, strict=False, integer=True)
+        check_positive("split_folds", self.split_folds, integer=True)
+        if self.split_folds < 2:
+            raise InvalidInputError(f"split_folds={self.split_folds!r} must be at least 2.")
+        if self.split in ("combo_kfold", "single_kfold") and self.split_fold >= self.split_folds:
+            raise InvalidInputError(
+                f"split_fold={self.split_fold!r} must be in [0, split_folds={self.split_folds}) "
+                f"for split={self.split!r}."
+            )
+        if self.library_key is not None and not str(self.library_key).strip():
+            raise InvalidInputError("library_key is empty; give an obs column of library sizes (e.g. ncounts) or None.")
         check_positive("prior_components", self.prior_components, integer=True)
         if not 0 < self.split_fraction < 1:
             raise InvalidInputError(f"split_fraction={self.split_fraction!r} must be in (0, 1).")

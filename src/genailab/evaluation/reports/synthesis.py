@@ -53,6 +53,19 @@ accuracy with which a classifier trained on real cells recovers the label each s
 generated for, next to its accuracy on held-out real cells.</p>
 """
 
+_LADDER_HOW_TO_READ = """
+<p><b>Where the gap comes from.</b> Each row is one condition; each column a rung of the diagnosis ladder
+as a ratio to its own real-vs-real floor (1 = as close as two random halves of the real cells; floors are
+medians over random re-splits of the real cells, so the ratios here can differ from the single-split ratios
+above). <i>generator</i>: the synthetic cells (MMD in PCs). <i>VAE ceiling</i>: the real cells encoded,
+decoded and counts drawn again (posterior predictive): no latent generator on this VAE does better, so a
+high ceiling points at the decoder and count model. <i>latent prior</i>: MMD between the generated latents
+and the encoded real cells in the VAE's standardised latent space; coverage below its floor means missed
+modes, precision below its floor or a variance ratio above 1 means blurred ones. <i>library</i>: W1 of log
+library sizes; <i>zero excess</i>: mean per-gene zero fraction, synthetic minus real (floor in brackets).
+<i>held back by</i>: the rungs above 1.5x.</p>
+"""
+
 _EMBED_NOTE = (
     "PCA fitted on one third of the real cells (part F); the real cells shown are the other two thirds, "
     "so real and synthetic points are both out-of-sample projections."
@@ -94,6 +107,43 @@ def _metric_rows(scope: Mapping[str, Any], prefix: Mapping[str, Any] | None = No
         )
         rows.append(row)
     return rows
+
+
+def _pair(entry: Mapping[str, Any] | None) -> str:
+    """``synthetic (floor)`` of a ``{"synthetic", "floor"}`` entry."""
+    if not entry or entry.get("synthetic") is None:
+        return "n/a"
+    floor = entry.get("floor")
+    return f"{entry['synthetic']:.3g} ({'n/a' if floor is None else f'{floor:.3g}'})"
+
+
+def _ladder_sections(ladder: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The "Where the gap comes from" explanation and its one-row-per-condition table."""
+    note = (ladder.get("heldout") or {}).get("note")
+    intro = _LADDER_HOW_TO_READ + (f"<p><i>{html.escape(str(note))}</i></p>" if note else "")
+    rows = []
+    for r in ladder.get("per_type", []):
+        interval = r.get("floor_mmd_interval") or [None, None]
+        rows.append(
+            {
+                "condition": r.get("condition"),
+                "generator / floor": _num(r.get("generator_mmd_ratio")),
+                "floor MMD^2 [2.5%, 97.5%]": (
+                    "n/a"
+                    if r.get("floor_mmd") is None or None in interval
+                    else f"{r['floor_mmd']:.3g} [{interval[0]:.3g}, {interval[1]:.3g}]"
+                ),
+                "VAE ceiling / floor": _num(r.get("ceiling_mmd_ratio")),
+                "latent prior / floor": _num(r.get("latent_mmd_ratio")),
+                "latent coverage": _pair(r.get("latent_coverage")),
+                "latent precision": _pair(r.get("latent_precision")),
+                "latent variance ratio": _pair(r.get("latent_variance_ratio")),
+                "library W1 / floor": _num(r.get("library_w1_ratio")),
+                "zero excess": _pair(r.get("zero_fraction_excess")),
+                "held back by": ", ".join(r.get("held_back_by") or []) or "-",
+            }
+        )
+    return [("Where the gap comes from", intro), ("Diagnosis ladder (per condition)", rows)]
 
 
 def _table_sections(metrics: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -140,6 +190,8 @@ def _table_sections(metrics: Mapping[str, Any]) -> list[tuple[str, Any]]:
         sections.append((f"Cell-type fidelity ({fid.get('key')})", fid_rows))
     elif fid.get("note"):
         sections.append(("Cell-type fidelity", f"<p>{html.escape(str(fid['note']))}</p>"))
+    if metrics.get("ladder"):
+        sections.extend(_ladder_sections(metrics["ladder"]))
     return sections
 
 

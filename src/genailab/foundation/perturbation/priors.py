@@ -39,12 +39,21 @@ from genailab.data.gene_sets import EdgeList, read_edges, read_gmt
 from genailab.errors import CheckpointError, InvalidInputError
 from genailab.io import atomic_write, atomic_write_json
 
-__all__ = ["PRIOR_SOURCES", "UNSIGNED_EDGE_WEIGHT", "GenePriors", "build_gene_priors"]
+__all__ = [
+    "MAX_PRIOR_DISTANCE",
+    "PRIOR_SOURCES",
+    "UNSIGNED_EDGE_WEIGHT",
+    "GenePriors",
+    "build_gene_priors",
+    "prior_distance",
+]
 
 #: Names of the feature blocks that :func:`build_gene_priors` can produce, in column order.
 PRIOR_SOURCES = ("gene_sets", "grn")
 #: Weight of an edge whose sign is unknown or mixed (sign 0), so that it still links its two genes.
 UNSIGNED_EDGE_WEIGHT = 0.5
+#: Distance of an agent without prior features (or of any agent when no reference agent has them).
+MAX_PRIOR_DISTANCE = 2.0
 #: GRN target columns are restricted to readout genes only when at least this many of them are targets.
 MIN_READOUT_TARGETS = 20
 
@@ -201,6 +210,54 @@ class GenePriors:
             return cls(genes=tuple(genes), features=features, sources=tuple(sources), block_dims=tuple(block_dims))
         except (InvalidInputError, TypeError) as err:
             raise CheckpointError(f"{str(d)!r}: {META_NAME} and {FEATURES_NAME} are inconsistent: {err}") from err
+
+
+def prior_distance(priors: GenePriors | None, agents: Sequence[str], reference: Sequence[str]) -> np.ndarray:
+    """Cosine distance in prior-feature space from each agent to its nearest reference agent.
+
+    ``1 - max_r cos(features(agent), features(r))`` over the ``reference`` agents with prior features
+    (e.g. the agents a model was trained on); in ``[0, 2]``.
+
+    Parameters
+    ----------
+    priors
+        Prior features (``None``: no agent has any).
+    agents
+        The query agents, length ``n``.
+    reference
+        The reference agents.
+
+    Returns
+    -------
+    np.ndarray
+        Shape ``(n,)``, float64: 0 for an agent of ``reference`` itself, :data:`MAX_PRIOR_DISTANCE`
+        for an agent without (non-zero) prior features or when no reference agent has them.
+
+    Examples
+    --------
+    >>> p = GenePriors(("a", "b", "c"), np.array([[1, 0], [1, 0.1], [-1, 0]]), ("x",), (2,))
+    >>> prior_distance(p, ["b", "c", "z", "a"], ["a"]).round(3).tolist()
+    [0.005, 2.0, 2.0, 0.0]
+    """
+    if isinstance(agents, str) or isinstance(reference, str):
+        raise InvalidInputError("agents and reference must be sequences of agent names, not single strings.")
+    agents = [str(a) for a in agents]
+    ref_set = {str(r) for r in reference}
+    out = np.full(len(agents), MAX_PRIOR_DISTANCE, dtype=np.float64)
+    if priors is not None and agents:
+        ref_f, ref_has = priors.lookup(sorted(ref_set))
+        ref_f = ref_f[ref_has].astype(np.float64)
+        ref_n = np.linalg.norm(ref_f, axis=1)
+        ref_f = ref_f[ref_n > 0] / ref_n[ref_n > 0, None]
+        q_f, q_has = priors.lookup(agents)
+        q_f = q_f.astype(np.float64)
+        q_n = np.linalg.norm(q_f, axis=1)
+        ok = q_has & (q_n > 0)
+        if len(ref_f) and ok.any():
+            sim = (q_f[ok] / q_n[ok, None]) @ ref_f.T  # (n_ok, n_ref)
+            out[ok] = np.clip(1.0 - sim.max(1), 0.0, MAX_PRIOR_DISTANCE)
+    out[np.array([a in ref_set for a in agents], dtype=bool)] = 0.0
+    return out
 
 
 def _is_pseudo_gene(name: str) -> bool:

@@ -19,6 +19,7 @@ from genailab.foundation.recipes.distill import (
     save_distilled,
 )
 from genailab.foundation.recipes.latent_diffusion import LatentDiffusionConfig, LatentDiffusionModel
+from genailab.foundation.recipes.latent_prior import GaussianLatentPrior
 from genailab.foundation.recipes.perturb import (
     FORMULATIONS,
     PerturbDeltaConfig,
@@ -29,6 +30,7 @@ from genailab.foundation.recipes.perturb import (
 from genailab.foundation.recipes.vae import LatentTokenDecoder, LatentTokenVAE, LatentTokenVAEConfig
 
 __all__ = [
+    "GaussianLatentPrior",
     "is_adapted_dir",
     "load_model",
     "FORMULATIONS",

@@ -17,6 +17,7 @@ import torch
 
 from genailab.constants import BATCH_KEYS
 from genailab.errors import InvalidInputError
+from genailab.foundation.recipes.perturb.base_shift import BaseShift
 from genailab.foundation.recipes.perturb.config import PerturbDeltaConfig
 from genailab.foundation.recipes.perturb.encoding import Cells
 from genailab.foundation.recipes.vae.model import LatentTokenVAE
@@ -37,6 +38,7 @@ class GroupBatchKeys:
     dose: str = "dose"  # (B, S) doses
     context: str = "context"  # (B, K) context codes
     group: str = "group"  # (B,) group number within the batch
+    base: str = "base"  # (B, m, d) per-agent base shift of each row's context (absent without a base)
 
 
 GROUP_BATCH_KEYS = GroupBatchKeys()
@@ -88,6 +90,9 @@ class GroupBatches(torch.utils.data.Dataset):
         Seeds the draws (with the epoch when shuffling).
     shuffle
         Draw random groups (training) or walk through every group in order (validation).
+    base
+        The fitted base shift (:class:`~genailab.foundation.recipes.perturb.base_shift.BaseShift`):
+        each batch then carries every row's ``(m, d)`` per-agent base (``None``: no base).
     """
 
     def __init__(
@@ -100,8 +105,10 @@ class GroupBatches(torch.utils.data.Dataset):
         *,
         seed: int,
         shuffle: bool,
+        base: BaseShift | None = None,
     ) -> None:
         self.cells, self.vae, self.config, self.seed, self.shuffle = cells, vae, config, seed, shuffle
+        self.base = base
         self.epoch = 0
         keys = np.char.add(np.char.add(cells.labels[rows].astype(str), "\x00"), cells.contexts[rows].astype(str))
         uniq, inv = np.unique(keys, return_inverse=True)
@@ -161,6 +168,9 @@ class GroupBatches(torch.utils.data.Dataset):
         vb = self.vae.batch_index(read)
         if vb is not None:
             batch[k.vae_batch] = vb
+        if self.base is not None:  # one context per group: its base, repeated for the group's rows
+            bases = [self.base.tensor(str(cells.contexts[self.groups[gi][0]])) for gi in chosen.tolist()]
+            batch[k.base] = torch.stack(bases).repeat_interleave(n, dim=0)  # (B, m, d)
         return batch
 
 

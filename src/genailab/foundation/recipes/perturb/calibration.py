@@ -1,12 +1,17 @@
-"""Uncertainty of the perturbation ensemble: split-conformal intervals and the OOD score's reference.
+"""Uncertainty of the perturbation ensemble: split-conformal intervals and the OOD score's scales.
 
 The members' spread in predicted mean expression is calibrated by split conformal prediction on
-*validation perturbations* held out of training. The OOD score of a query is the members'
-disagreement on its latent shift relative to their median disagreement on the training
-(perturbation, context) groups (epistemic uncertainty: members agree where data constrained them).
+*validation perturbations* held out of training. The OOD score of a query combines the members'
+disagreement on its latent shift with its agents' distance in prior space to the trained agents,
+each relative to its median on the validation conditions (:mod:`.ood`); the scores of the
+validation conditions are kept as the honest OOD negatives (``model.ood_negatives``). Directories
+written before the combined score keep the disagreement-only one (relative to the median
+disagreement on the training groups, ``ood_reference``).
 
 This module is the one home of ``calibration.json`` (:func:`write_calibration`,
-:func:`read_calibration`, :func:`load_calibration`), written by plain and adapted model directories alike.
+:func:`read_calibration`, :func:`load_calibration`), written by plain and adapted model directories
+alike. Besides the calibration it holds what the recipe fitted on the training cells and that an
+adapted directory must carry too: the base shift (:mod:`.base_shift`) and the OOD model.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from torch import nn
 
 from genailab.constants import BATCH_KEYS
 from genailab.data.counts import log_normalize
-from genailab.errors import CheckpointError
+from genailab.errors import CheckpointError, InvalidInputError
 from genailab.foundation.objectives.uncertainty import ConformalCalibrator
 from genailab.foundation.perturbation.vocab import PerturbationVocab
+from genailab.foundation.recipes.perturb.base_shift import BaseShift
 from genailab.foundation.recipes.perturb.encoding import Cells, controls_by_context
+from genailab.foundation.recipes.perturb.ood import OODModel, condition_distance, fit_ood_model, trained_support
 from genailab.io import atomic_write_json
 from genailab.serialization import read_json
 
@@ -42,6 +49,7 @@ __all__ = [
     "interval",
     "load_calibration",
     "member_disagreement",
+    "ood_score",
     "ood_threshold",
     "read_calibration",
     "write_calibration",
@@ -108,10 +116,13 @@ def calibrate(
     *,
     seed: int = 0,
 ) -> None:
-    """Fit ``model``'s OOD reference on the training groups and its conformal calibrator on the validation ones.
+    """Fit ``model``'s OOD score on the training and validation groups and its conformal calibrator.
 
-    Sets ``model.ood_reference``, ``seen_ood_scores``, ``val_conditions`` and ``calibrator``
-    (``None`` without validation conditions).
+    Sets ``model.ood_reference`` (median disagreement on the training groups), ``ood_model`` (the
+    combined score's scales: medians on the validation conditions), ``seen_ood_scores`` (the
+    training groups' scores), ``ood_negatives`` (the validation conditions' scores, in the order of
+    ``val_conditions``) and ``calibrator`` (``None`` without validation conditions). Observed means
+    are log-normalised by the cells' ``library_key`` libraries when the model has one.
     """
     control = model.vocab.control
     controls = controls_by_context(cells, train_rows, control)
@@ -122,30 +133,52 @@ def calibrate(
         return [(c, x, pert[(cells.labels[pert] == c) & (cells.contexts[pert] == x)]) for c, x in keys if x in controls]
 
     rng = np.random.default_rng(seed)
-    scores = []
-    for c, x, rows in groups(train_rows):
+    train_groups = groups(train_rows)
+    seen = []
+    for c, x, rows in train_groups:
         ctrl = controls[x]
         if len(ctrl) > MAX_REFERENCE_CONTROLS:
             ctrl = np.sort(rng.choice(ctrl, MAX_REFERENCE_CONTROLS, replace=False))
         codes = cells.context_codes[int(rows[0])].numpy()
-        scores.append(member_disagreement(model.nets, model.vocab, cells.z[torch.as_tensor(ctrl)], c, codes, seed=seed))
-    model.ood_reference = float(np.median(scores)) if scores else 1.0
-    model.seen_ood_scores = [float(v / max(model.ood_reference, 1e-12)) for v in scores]
+        seen.append(member_disagreement(model.nets, model.vocab, cells.z[torch.as_tensor(ctrl)], c, codes, seed=seed))
+    model.ood_reference = float(np.median(seen)) if seen else 1.0
     val = groups(val_rows)
     model.val_conditions = [[c, x] for c, x, _ in val]
-    if not val:
-        model.calibrator = None
-        return
-    y, mu, sd = [], [], []
+    y, mu, sd, val_dis = [], [], [], []
     for c, x, rows in val:
-        pred, _ = model.query(adata, controls[x], c, x_codes_row=int(rows[0]), cells=cells, seed=seed)
-        y.append(log_normalize(cells.counts_ds[rows.tolist()][BATCH_KEYS.COUNTS].numpy()).mean(0))  # (G,)
+        pred, dis = model.query(adata, controls[x], c, x_codes_row=int(rows[0]), cells=cells, seed=seed)
+        counts = cells.counts_ds[rows.tolist()][BATCH_KEYS.COUNTS].numpy()
+        y.append(log_normalize(counts, library=cells.norm_library(rows)).mean(0))  # (G,)
         mu.append(pred.mean)
         sd.append(pred.sigma)
-    model.calibrator = ConformalCalibrator.fit(np.stack(y), np.stack(mu), np.stack(sd))
+        val_dis.append(dis)
+    agents, pairs = trained_support({c for c, _, _ in train_groups}, model.vocab)
+    if model.ood_model is not None:  # re-fitted (adapted to a new context): the earlier training counts too
+        agents = tuple(sorted({*agents, *model.ood_model.trained_agents}))
+        pairs = tuple(sorted({*pairs, *model.ood_model.trained_pairs}))
+    val_dist = [condition_distance(model.priors, model.vocab.parts(c), agents) for c, _, _ in val]
+    model.ood_model = fit_ood_model(agents, pairs, val_dis, val_dist, fallback_disagreement=model.ood_reference)
+    model.seen_ood_scores = [ood_score(model, c, v)[0] for (c, _, _), v in zip(train_groups, seen, strict=True)]
+    model.ood_negatives = [ood_score(model, c, v)[0] for (c, _, _), v in zip(val, val_dis, strict=True)]
+    model.calibrator = ConformalCalibrator.fit(np.stack(y), np.stack(mu), np.stack(sd)) if val else None
 
 
 # ---------------------------------------------------------------------- using it
+def ood_score(model: PerturbDeltaModel, condition: str, disagreement: float) -> tuple[float, float | None]:
+    """OOD score of a query of ``condition`` whose members disagree by ``disagreement``.
+
+    Returns
+    -------
+    ``(score, prior distance)``: the combined score of :mod:`.ood` when ``model.ood_model`` is
+    fitted, else (directories written before it) ``disagreement / ood_reference`` and ``None``.
+    """
+    if model.ood_model is None:
+        return float(disagreement) / max(model.ood_reference, 1e-12), None
+    agents = model.vocab.parts(condition)
+    distance = condition_distance(model.priors, agents, model.ood_model.trained_agents)
+    return model.ood_model.score(disagreement, distance, agents), distance
+
+
 def ood_threshold(seen_ood_scores: Sequence[float]) -> float:
     """OOD flag threshold: the 95th percentile of the training groups' scores (at least 2)."""
     seen = [v for v in seen_ood_scores if np.isfinite(v)]
@@ -171,12 +204,18 @@ def interval(
 
 # ---------------------------------------------------------------------- calibration.json
 def calibration_payload(model: PerturbDeltaModel) -> dict[str, Any]:
-    """What ``calibration.json`` holds: the calibrator (or ``None``), the OOD reference and scores, val conditions."""
+    """What ``calibration.json`` holds: calibrator, OOD reference, model and scores, val conditions, base shift.
+
+    The calibrator, OOD model and base shift are ``None`` when the model has none.
+    """
     return {
         "calibrator": model.calibrator.to_dict() if model.calibrator is not None else None,
         "ood_reference": model.ood_reference,
         "seen_ood_scores": model.seen_ood_scores,
         "val_conditions": model.val_conditions,
+        "ood_negatives": model.ood_negatives,
+        "ood_model": model.ood_model.to_dict() if model.ood_model is not None else None,
+        "base_shift": model.base_shift.to_dict() if model.base_shift is not None else None,
     }
 
 
@@ -193,7 +232,9 @@ def read_calibration(directory: str | Path, *, what: str | None = None) -> dict[
     Returns
     -------
     ``{"calibrator": ConformalCalibrator | None, "ood_reference": float, "seen_ood_scores": list[float],
-    "val_conditions": list[list[str]]}``.
+    "val_conditions": list[list[str]], "ood_negatives": list[float], "ood_model": OODModel | None,
+    "base_shift": BaseShift | None}``; the last three are ``[]``, ``None`` and ``None`` in files
+    written before they existed (the disagreement-only OOD score, no base shift).
 
     Raises
     ------
@@ -209,8 +250,11 @@ def read_calibration(directory: str | Path, *, what: str | None = None) -> dict[
             "ood_reference": float(raw.get("ood_reference", 1.0)),
             "seen_ood_scores": [float(v) for v in raw.get("seen_ood_scores", [])],
             "val_conditions": [list(p) for p in raw.get("val_conditions", [])],
+            "ood_negatives": [float(v) for v in raw.get("ood_negatives", [])],
+            "ood_model": OODModel.from_dict(raw["ood_model"]) if raw.get("ood_model") else None,
+            "base_shift": BaseShift.from_dict(raw["base_shift"]) if raw.get("base_shift") else None,
         }
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, InvalidInputError) as err:
         raise CheckpointError(f"{what}: {CALIBRATION_NAME} is malformed: {err}") from err
 
 
@@ -220,6 +264,9 @@ def apply_calibration(model: PerturbDeltaModel, values: Mapping[str, Any]) -> No
     model.ood_reference = values["ood_reference"]
     model.seen_ood_scores = values["seen_ood_scores"]
     model.val_conditions = values["val_conditions"]
+    model.ood_negatives = values.get("ood_negatives", [])
+    model.ood_model = values.get("ood_model")
+    model.base_shift = values.get("base_shift")
 
 
 def load_calibration(directory: str | Path, model: PerturbDeltaModel, *, what: str | None = None) -> None:

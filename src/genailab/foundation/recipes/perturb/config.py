@@ -9,9 +9,13 @@ from genailab.errors import InvalidInputError
 from genailab.foundation.perturbation.encoders import COMPOSERS, PERTURBATION_ENCODERS
 from genailab.foundation.recipes.perturb.formulations import FORMULATIONS
 
-__all__ = ["FINETUNE", "PerturbDeltaConfig"]
+__all__ = ["BASE_SHIFTS", "FINETUNE", "LEGACY_DEFAULTS", "PerturbDeltaConfig"]
 
 FINETUNE = ("none", "decoder")
+BASE_SHIFTS = ("none", "context_mean")
+#: Values of fields added after genailab 0.1.0 that a saved ``config.json`` without them means
+#: (the behaviour of the code that wrote it); new configs take the dataclass defaults.
+LEGACY_DEFAULTS = {"library_key": None, "base_shift": "none"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,18 @@ class PerturbDeltaConfig(Config):
         Number of sampled cells behind every predicted mean expression profile.
     finetune
         ``none`` (frozen VAE) or ``decoder`` (each member also trains its own copy of the decoder).
+    library_key
+        obs column of whole-transcriptome library sizes (e.g. ``'ncounts'``). When set, every
+        log-normalised mean the recipe computes (observed validation means for calibration, control
+        means, predicted means) divides counts by this total (``log1p(x / library * 1e4)``) instead
+        of the row sum over the model's genes, and each predicted cell carries its control cell's
+        library. ``None`` (default): row sums, as before.
+    base_shift
+        ``context_mean`` (default): every agent starts from the mean per-agent latent shift of the
+        training perturbations in its context (mean over contexts for an unseen one), fitted on the
+        training cells before the members; the members learn the deviation from it (a combination
+        of ``n`` agents starts from ``n`` times it). ``none``: no base (models saved before this
+        field existed). The ``direct`` formulation ignores it.
     """
 
     formulation: str = "shift"
@@ -74,6 +90,8 @@ class PerturbDeltaConfig(Config):
     val_fraction: float = 0.15
     mc_cells: int = 2000
     finetune: str = "none"
+    library_key: str | None = None
+    base_shift: str = "context_mean"
 
     def __post_init__(self) -> None:
         FORMULATIONS.get(self.formulation)
@@ -90,6 +108,10 @@ class PerturbDeltaConfig(Config):
             raise InvalidInputError(f"perturbation_dim={self.perturbation_dim} must be a multiple of 4.")
         if self.finetune not in FINETUNE:
             raise InvalidInputError(f"finetune={self.finetune!r} is not allowed; expected one of {FINETUNE}.")
+        if self.base_shift not in BASE_SHIFTS:
+            raise InvalidInputError(f"base_shift={self.base_shift!r} is not allowed; expected one of {BASE_SHIFTS}.")
+        if self.library_key is not None and not str(self.library_key).strip():
+            raise InvalidInputError("library_key must be an obs column name (e.g. 'ncounts') or None.")
         if len(set(self.context_keys)) != len(self.context_keys):
             raise InvalidInputError(f"context_keys={self.context_keys} lists a key twice.")
         if self.finetune == "decoder" and self.nll_weight <= 0:

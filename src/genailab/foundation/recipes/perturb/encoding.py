@@ -10,13 +10,14 @@ import numpy as np
 import torch
 
 from genailab.data.spec import obs_labels
+from genailab.errors import InvalidInputError, MissingKeyError
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
     from genailab.foundation.recipes.perturb.model import PerturbDeltaModel
 
-__all__ = ["Cells", "cell_data", "context_codes", "context_labels", "controls_by_context"]
+__all__ = ["Cells", "cell_data", "context_codes", "context_labels", "controls_by_context", "obs_library"]
 
 
 @dataclass
@@ -30,6 +31,11 @@ class Cells:
     ids: torch.Tensor  # (N, S)
     dose: torch.Tensor  # (N, S)
     counts_ds: Any  # CountsDataset aligned to the VAE's genes
+    library: np.ndarray | None = None  # (N,) whole-transcriptome libraries (config.library_key), else None
+
+    def norm_library(self, rows: np.ndarray) -> np.ndarray | None:
+        """``(n,)`` libraries of ``rows`` for log-normalisation (``None``: row sums of the counts)."""
+        return None if self.library is None else self.library[np.asarray(rows, dtype=np.int64)]
 
 
 def context_codes(
@@ -75,13 +81,43 @@ def context_labels(adata: AnnData, keys: Sequence[str], context: Mapping[str, st
     return np.array(["|".join(map(str, t)) for t in zip(*cols, strict=True)], dtype=object)
 
 
+def obs_library(adata: AnnData, key: str | None) -> np.ndarray | None:
+    """``(n,)`` whole-transcriptome library sizes ``adata.obs[key]`` (``None`` when ``key`` is ``None``).
+
+    Raises
+    ------
+    MissingKeyError
+        ``adata.obs`` has no column ``key``.
+    InvalidInputError
+        A value is not a finite positive number.
+    """
+    if key is None:
+        return None
+    if key not in adata.obs.columns:
+        shown = ", ".join(map(repr, list(adata.obs.columns)[:10]))
+        raise MissingKeyError(
+            f"library_key={key!r} is not an obs column (columns: {shown}); it names the whole-transcriptome "
+            "library size of each cell (e.g. 'ncounts')."
+        )
+    try:
+        lib = np.asarray(adata.obs[key], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise InvalidInputError(f"obs[{key!r}] must hold numeric library sizes: {err}") from err
+    if lib.size and (not np.isfinite(lib).all() or lib.min() <= 0):
+        raise InvalidInputError(f"obs[{key!r}] must hold finite positive library sizes.")
+    return lib
+
+
 def cell_data(model: PerturbDeltaModel, adata: AnnData, rows: np.ndarray) -> Cells:
     """Latents and encodings of ``adata``'s cells under ``model`` (latents computed for ``rows`` only).
 
     Cells without a perturbation column are controls; cells without the context columns get the
-    context ``'?'`` and codes ``-1`` (the caller passes their codes to the query).
+    context ``'?'`` and codes ``-1`` (the caller passes their codes to the query). With
+    ``config.library_key`` the cells carry their whole-transcriptome libraries (a missing column is a
+    :class:`~genailab.errors.MissingKeyError`).
     """
     keys, vocab, vae = model.config.context_keys, model.vocab, model.vae
+    library = obs_library(adata, model.config.library_key)
     if model.perturbation_key in adata.obs.columns:
         labels = obs_labels(adata, model.perturbation_key, "perturbation_key")
     else:  # a file of control cells only
@@ -109,6 +145,7 @@ def cell_data(model: PerturbDeltaModel, adata: AnnData, rows: np.ndarray) -> Cel
         ids=torch.as_tensor(ids),
         dose=torch.as_tensor(dose),
         counts_ds=vae.count_dataset(adata),
+        library=library,
     )
 
 

@@ -19,7 +19,13 @@ FORMULATIONS: Registry = Registry("perturbation formulation")
 
 @FORMULATIONS.register("delta")
 class DeltaFormulation:
-    """``z = z_base + f(z_base, p, c)``: the network predicts the shift of each control cell (default)."""
+    """``z = z_base + f(z_base, p, c)``: the network predicts the shift of each control cell.
+
+    With a base shift (``PerturbDeltaConfig.base_shift='context_mean'``) the network's output is the
+    deviation from it: ``z = z_base + n_agents * base(c) + f(...)``.
+    """
+
+    uses_base = True  # the network output is added to the base shift
 
     def inputs(self, z_base: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Backbone input ``(B, m, d)``."""
@@ -51,8 +57,10 @@ class DirectFormulation:
 
     The network sees no control cell; per-cell variation comes from Gaussian noise on the
     standardised latent scale. Compare it with ``delta`` on the same split to see what anchoring
-    predictions on real control cells buys.
+    predictions on real control cells buys. A base shift does not apply (the output is a latent).
     """
+
+    uses_base = False
 
     def inputs(self, z_base: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal ``(B, m, d)``."""

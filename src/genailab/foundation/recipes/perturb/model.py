@@ -15,9 +15,14 @@ arXiv:2302.00482), and minimises the paired latent error plus the decoder NLL of
 
 Uncertainty comes from a deep ensemble (Lakshminarayanan et al. 2017): members differ in seed and
 batch order; their spread in predicted mean expression is calibrated by split conformal prediction
-on *validation perturbations* held out of training. The OOD score of a query is the members'
-disagreement on its latent shift relative to their disagreement on the training perturbations
-(epistemic uncertainty: members agree where data constrained them).
+on *validation perturbations* held out of training. The OOD score of a query combines the
+members' disagreement on its latent shift (epistemic uncertainty: members agree where data
+constrained them) with its agents' distance in prior space to the trained agents, each relative to
+its median on the validation conditions (:mod:`.ood`).
+
+With ``config.base_shift='context_mean'`` (the default of new models) every agent starts from the
+mean training response in its context (:mod:`.base_shift`) and the members learn the deviation.
+With ``config.library_key`` every log-normalised mean uses the cells' whole-transcriptome libraries.
 
 This module holds the AnnData-facing :class:`PerturbDeltaModel` (construction, training, prediction
 entry points, persistence); the pieces live beside it: :mod:`.config`, :mod:`.formulations`,
@@ -54,6 +59,8 @@ if TYPE_CHECKING:
 
     from genailab.foundation.objectives.uncertainty import ConformalCalibrator
     from genailab.foundation.perturbation.priors import GenePriors
+    from genailab.foundation.recipes.perturb.base_shift import BaseShift
+    from genailab.foundation.recipes.perturb.ood import OODModel
     from genailab.training import TrainConfig
 
 __all__ = [
@@ -132,6 +139,9 @@ class PerturbDeltaModel(nn.Module):
         self.ood_reference: float = 1.0
         self.seen_ood_scores: list[float] = []
         self.val_conditions: list[list[str]] = []
+        self.ood_negatives: list[float] = []  # OOD scores of the validation conditions (honest negatives)
+        self.ood_model: OODModel | None = None  # the combined OOD score (None: disagreement only)
+        self.base_shift: BaseShift | None = None  # fitted by fit() under config.base_shift='context_mean'
         self.vae_source: dict[str, str] | None = None
 
     # ------------------------------------------------------------------ construction
@@ -235,7 +245,10 @@ class PerturbDeltaModel(nn.Module):
         out_dir: str | Path | None = None,
         seed: int = 0,
     ) -> list[Any]:
-        """Train every member (each resumable from ``out_dir/member_k``), then calibrate on ``val_rows``.
+        """Fit the base shift, train every member (each resumable from ``out_dir/member_k``), then calibrate.
+
+        Calibration on ``val_rows`` sets the conformal calibrator, the OOD model and
+        ``ood_negatives`` (the validation conditions' OOD scores).
 
         Parameters
         ----------
@@ -308,7 +321,8 @@ class PerturbDeltaModel(nn.Module):
 
         Files: ``member_K.safetensors`` (and ``decoder_K.safetensors`` with ``finetune='decoder'``),
         ``backbone_config.json``, ``perturbation.json`` (vocabulary, keys, context categories),
-        ``calibration.json``, ``gene_priors.*``, ``vae_source.json`` and ``config.json`` (last).
+        ``calibration.json`` (also the OOD model, ``ood_negatives`` and the base shift),
+        ``gene_priors.*``, ``vae_source.json`` and ``config.json`` (last).
         """
         return save_perturb_model(self, directory, vae_dir=vae_dir)
 

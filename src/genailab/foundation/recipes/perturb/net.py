@@ -95,6 +95,7 @@ class PerturbDeltaNet(nn.Module):
         dose: torch.Tensor,
         context: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        base: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predicted perturbed latents.
 
@@ -108,6 +109,11 @@ class PerturbDeltaNet(nn.Module):
             ``(B, K)`` context codes (``-1`` = unknown context -> null token), or ``None`` without keys.
         generator
             Seeds the noise of the ``direct`` formulation.
+        base
+            ``(B, m, d)`` or ``(m, d)`` per-agent base shift of each row's context
+            (:mod:`~genailab.foundation.recipes.perturb.base_shift`); a row with ``n`` agents starts from
+            ``n * base`` and the network adds its deviation. ``None`` (or a formulation without a base):
+            no base.
 
         Returns
         -------
@@ -119,17 +125,21 @@ class PerturbDeltaNet(nn.Module):
         tokens, mask = self.encoder(ids, dose)  # (B, S, C), (B, S)
         x = self.formulation.inputs(z_base, generator)  # (B, m, d)
         if not getattr(self.composer, "per_agent", False):
-            return self.formulation.combine(z_base, self._shift(x, self.composer(tokens, mask), ctx), mask.any(1))
-        b, s, c = tokens.shape
-        rep = (b * s, *x.shape[1:])
-        xs = x.unsqueeze(1).expand(b, s, *x.shape[1:]).reshape(rep)  # (B*S, m, d)
-        cs = None if ctx is None else ctx.unsqueeze(1).expand(b, s, *ctx.shape[1:]).reshape(b * s, *ctx.shape[1:])
-        out = self._shift(xs, tokens.reshape(b * s, c), cs).view(b, s, *x.shape[1:])  # (B, S, m, d)
-        out = (out * mask.view(b, s, 1, 1).to(out.dtype)).sum(1)  # (B, m, d) sum of per-agent shifts
-        multi = mask.sum(1) > 1  # (B,)
-        if bool(multi.any()):
-            inter = self._shift(x, self.composer(tokens, mask), ctx)  # (B, m, d)
-            out = out + self.composer.gate * inter * multi.view(-1, 1, 1).to(out.dtype)
+            out = self._shift(x, self.composer(tokens, mask), ctx)
+        else:
+            b, s, c = tokens.shape
+            rep = (b * s, *x.shape[1:])
+            xs = x.unsqueeze(1).expand(b, s, *x.shape[1:]).reshape(rep)  # (B*S, m, d)
+            cs = None if ctx is None else ctx.unsqueeze(1).expand(b, s, *ctx.shape[1:]).reshape(b * s, *ctx.shape[1:])
+            out = self._shift(xs, tokens.reshape(b * s, c), cs).view(b, s, *x.shape[1:])  # (B, S, m, d)
+            out = (out * mask.view(b, s, 1, 1).to(out.dtype)).sum(1)  # (B, m, d) sum of per-agent shifts
+            multi = mask.sum(1) > 1  # (B,)
+            if bool(multi.any()):
+                inter = self._shift(x, self.composer(tokens, mask), ctx)  # (B, m, d)
+                out = out + self.composer.gate * inter * multi.view(-1, 1, 1).to(out.dtype)
+        if base is not None and getattr(self.formulation, "uses_base", False):
+            n_agents = mask.sum(1).view(-1, 1, 1).to(out.dtype)  # (B, 1, 1)
+            out = out + n_agents * base.to(out.dtype)
         return self.formulation.combine(z_base, out, mask.any(1))
 
 

@@ -2,9 +2,12 @@
 
 Files: ``member_K.safetensors`` (and ``decoder_K.safetensors`` with ``finetune='decoder'``),
 ``backbone_config.json``, ``perturbation.json`` (vocabulary, keys, context categories, agent
-encoder), ``calibration.json`` (:mod:`~genailab.foundation.recipes.perturb.calibration`),
+encoder), ``calibration.json`` (:mod:`~genailab.foundation.recipes.perturb.calibration`; also the
+OOD model and the base shift),
 ``gene_priors.*``, ``vae_source.json`` (or the VAE itself in ``vae/``) and ``config.json`` (last,
-so a directory without it is incomplete). Adapted directories (``adapter.json``) are loaded by
+so a directory without it is incomplete). A ``config.json`` written before a field existed loads
+with the value that means the old behaviour (:data:`~genailab.foundation.recipes.perturb.config.LEGACY_DEFAULTS`).
+Adapted directories (``adapter.json``) are loaded by
 :func:`genailab.foundation.recipes.load_model`, which sits above this recipe.
 """
 
@@ -20,7 +23,7 @@ from genailab.foundation.perturbation.encoders import PerturbationEncoderConfig
 from genailab.foundation.perturbation.priors import GenePriors
 from genailab.foundation.perturbation.vocab import PerturbationVocab
 from genailab.foundation.recipes.perturb.calibration import apply_calibration, read_calibration, write_calibration
-from genailab.foundation.recipes.perturb.config import PerturbDeltaConfig
+from genailab.foundation.recipes.perturb.config import LEGACY_DEFAULTS, PerturbDeltaConfig
 from genailab.foundation.recipes.perturb.net import PerturbDeltaNet, context_encoder_config
 from genailab.foundation.recipes.vae.model import LatentTokenVAE
 from genailab.io import atomic_write_json, check_writable
@@ -97,7 +100,7 @@ def load_perturb_model(cls: type[PerturbDeltaModel], directory: str | Path) -> P
     payload = read_config(d, cls.__name__)
     what = f"model directory {str(d)!r}"
     try:
-        config = PerturbDeltaConfig.from_dict(payload["config"])
+        config = PerturbDeltaConfig.from_dict({**LEGACY_DEFAULTS, **payload["config"]})
         braw = dict(read_json(d / BACKBONE_CONFIG_NAME, what=what))
         info = read_json(d / PERTURBATION_NAME, what=what)
         vocab = PerturbationVocab.from_dict(info["vocab"])

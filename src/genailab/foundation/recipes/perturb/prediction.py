@@ -19,7 +19,8 @@ import torch
 from genailab.constants import BATCH_KEYS
 from genailab.data.spec import obs_labels
 from genailab.errors import InvalidInputError, MissingKeyError
-from genailab.foundation.recipes.perturb.calibration import calibrated_sigma, interval, ood_threshold
+from genailab.foundation.recipes.perturb.base_shift import base_for_codes
+from genailab.foundation.recipes.perturb.calibration import calibrated_sigma, interval, ood_score, ood_threshold
 from genailab.foundation.recipes.perturb.encoding import Cells
 from genailab.foundation.recipes.vae.model import LatentTokenVAE
 from genailab.nn import log_normalize as log_normalize_tensor
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ResponsePrediction",
+    "decoded_shift",
+    "library_column",
     "member_decoders",
     "predict_response",
     "query",
@@ -47,9 +50,11 @@ class ResponsePrediction:
     ----------
     mean
         ``(G,)`` predicted mean log-normalised expression (log1p of counts per 10k) of the perturbed
-        population: the observed control mean plus the ensemble's mean predicted shift.
+        population: the observed control mean plus the ensemble's mean predicted shift. With the
+        model's ``library_key`` counts are divided by the whole-transcriptome libraries (``library``).
     sigma
-        ``(G,)`` ensemble standard deviation of ``mean`` (raw; calibrate with the model's calibrator).
+        ``(G,)`` ensemble standard deviation of ``mean`` (raw; calibrate with the model's calibrator);
+        ``None`` for a prediction without an ensemble (a latent baseline).
     members
         ``(K, G)`` each member's ``mean``.
     control_mean
@@ -59,10 +64,11 @@ class ResponsePrediction:
     expected
         ``(n, G)`` ensemble-mean expected counts of each predicted cell.
     ood_score
-        Ensemble disagreement on the query's mean latent shift, relative to the median disagreement on
-        the training (perturbation, context) groups: about 1 for what the model was trained on,
-        larger the further the query is from it (an unseen agent known only by its priors, an unseen
-        context with the null token).
+        How far the query is from the training data: ensemble disagreement on its mean latent shift
+        combined with its agents' distance in prior space to the trained agents, each relative to its
+        median on the validation conditions (about 1 for those, larger further out; see
+        :mod:`~genailab.foundation.recipes.perturb.ood`). Models saved before that score: the
+        disagreement relative to its median on the training groups.
     disagreement
         The raw disagreement (variance across members, averaged over latent coordinates).
     control_rows
@@ -72,10 +78,16 @@ class ResponsePrediction:
         The query's context label (context values joined by ``|``; empty without context keys).
     novelty
         What is new about the query: unseen agents and whether the context is unseen.
+    library
+        ``(n,)`` the library each predicted cell was log-normalised with: its control cell's
+        ``obs[library_key]`` (log-normalise ``counts`` with it to compare with ``mean``); ``None``
+        without a library key (each cell's own row sum).
+    prior_distance
+        The prior-distance component of ``ood_score`` (``None`` for the disagreement-only score).
     """
 
     mean: np.ndarray
-    sigma: np.ndarray
+    sigma: np.ndarray | None
     members: np.ndarray
     control_mean: np.ndarray
     counts: np.ndarray
@@ -85,11 +97,67 @@ class ResponsePrediction:
     disagreement: float = 0.0
     control_rows: np.ndarray | None = None
     context: str = ""
+    library: np.ndarray | None = None
+    prior_distance: float | None = None
 
 
 def member_decoders(model: PerturbDeltaModel) -> list[LatentTokenVAE]:
     """The VAE that decodes each member's latents (its own tuned copy under ``finetune='decoder'``)."""
     return [d if d is not None else model.vae for d in model.decoders]
+
+
+def library_column(library: np.ndarray | None) -> torch.Tensor | None:
+    """``(n, 1)`` float32 tensor of per-cell libraries for :func:`genailab.nn.log_normalize` (``None`` stays)."""
+    return None if library is None else torch.as_tensor(np.asarray(library, np.float32)).view(-1, 1)
+
+
+@torch.no_grad()
+def decoded_shift(
+    decoder: LatentTokenVAE,
+    z_base: torch.Tensor,
+    z: torch.Tensor,
+    library: torch.Tensor,
+    vae_batch: torch.Tensor | None,
+    *,
+    reps: int,
+    seed: int,
+    norm_library: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode ``z`` and ``z_base`` alike and return the shift of the mean log-normalised sampled cells.
+
+    Both populations are sampled ``reps`` times with the same seed, so the decoder's bias and most
+    of the sampling noise cancel in the difference (what is added to the observed control mean).
+
+    Parameters
+    ----------
+    decoder
+        The VAE that decodes.
+    z_base, z
+        ``(n, m, d)`` standardised latents of the control cells and of their perturbed predictions.
+    library, vae_batch
+        The decoder's library sizes ``(n,)`` (row sums over its genes) and batch index.
+    reps
+        Sampled cells per control cell.
+    seed
+        Seeds the sampling.
+    norm_library
+        ``(n, 1)`` libraries to log-normalise the sampled cells with (each predicted cell carries its
+        control cell's); ``None``: their row sums.
+
+    Returns
+    -------
+    ``(G,)`` shift, ``(n, G)`` expected counts of the predicted cells, ``(n, G)`` one sampled cell each.
+    """
+    dist = decoder.decode(decoder.unstandardize(z), library, vae_batch)
+    base = decoder.decode(decoder.unstandardize(z_base), library, vae_batch)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        draws = dist.sample((reps,))  # (R, n, G)
+        torch.manual_seed(seed)
+        base_draws = base.sample((reps,))
+    perturbed = log_normalize_tensor(draws, norm_library).mean((0, 1))  # (G,)
+    unperturbed = log_normalize_tensor(base_draws, norm_library).mean((0, 1))
+    return perturbed - unperturbed, dist.mean, draws[0]
 
 
 @torch.no_grad()
@@ -128,6 +196,11 @@ def query(
         Use at most this many control cells (``None`` = all).
     dose
         Dose of the perturbation (default 1).
+
+    Notes
+    -----
+    The prediction starts from the model's base shift of the query context (if any), and every
+    log-normalised mean uses the model's library rule (``config.library_key``).
     """
     model.eval()
     rng = np.random.default_rng(seed)
@@ -146,27 +219,25 @@ def query(
         context_codes = cells.context_codes[x_codes_row if x_codes_row is not None else rows[0]].numpy()
     ctx = torch.as_tensor(np.broadcast_to(context_codes, (n, len(model.config.context_keys))).copy())  # (n, K)
     reps = max(1, math.ceil(model.config.mc_cells / n))
+    base = base_for_codes(model, context_codes)  # (m, d) or None
+    norm_library = cells.norm_library(rows)  # (n,) or None
+    lib_col = library_column(norm_library)
     means, zs, expected, sampled = [], [], [], []
     for k, (net, dec) in enumerate(zip(model.nets, member_decoders(model), strict=True)):
         gen = torch.Generator().manual_seed(seed * 7919 + k)
-        z = net(z_base, torch.as_tensor(ids), torch.as_tensor(dose), ctx, generator=gen)  # (n, m, d)
+        z = net(z_base, torch.as_tensor(ids), torch.as_tensor(dose), ctx, generator=gen, base=base)  # (n, m, d)
         zs.append(z)
-        dist = dec.decode(dec.unstandardize(z), library, vae_batch)
-        base = dec.decode(dec.unstandardize(z_base), library, vae_batch)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed * 104729 + k)
-            draws = dist.sample((reps,))  # (R, n, G)
-            torch.manual_seed(seed * 104729 + k)
-            base_draws = base.sample((reps,))
-        shift = log_normalize_tensor(draws).mean((0, 1)) - log_normalize_tensor(base_draws).mean((0, 1))  # (G,)
+        shift, mean_k, draw = decoded_shift(
+            dec, z_base, z, library, vae_batch, reps=reps, seed=seed * 104729 + k, norm_library=lib_col
+        )
         means.append(shift)
-        expected.append(dist.mean)
-        sampled.append(draws[0])
-    control_mean = log_normalize_tensor(counts).mean(0)  # (G,)
+        expected.append(mean_k)
+        sampled.append(draw)
+    control_mean = log_normalize_tensor(counts, lib_col).mean(0)  # (G,)
     members = (control_mean.unsqueeze(0) + torch.stack(means)).numpy()  # (K, G)
     shifts = (torch.stack(zs) - z_base.unsqueeze(0)).mean(1)  # (K, m, d) mean latent shift per member
     disagreement = float(shifts.var(0).mean()) if len(zs) > 1 else 0.0
-    ood = disagreement / max(model.ood_reference, 1e-12)
+    ood, distance = ood_score(model, condition, disagreement)
     pick = torch.as_tensor(np.arange(n) % len(zs))
     cell_counts = torch.stack(sampled)[pick, torch.arange(n)]  # (n, G) one member per cell (mixture)
     novelty = {
@@ -184,6 +255,8 @@ def query(
         disagreement=disagreement,
         control_rows=rows,
         novelty=novelty,
+        library=norm_library,
+        prior_distance=distance,
     )
     return pred, disagreement
 

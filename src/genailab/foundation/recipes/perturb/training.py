@@ -19,6 +19,7 @@ from torch import nn
 
 from genailab.errors import InvalidInputError
 from genailab.foundation.objectives import LossOutput
+from genailab.foundation.recipes.perturb.base_shift import fit_base_shift
 from genailab.foundation.recipes.perturb.batches import GROUP_BATCH_KEYS, GroupBatches, group_loader, ot_pairing
 from genailab.foundation.recipes.perturb.calibration import calibrate
 from genailab.foundation.recipes.perturb.encoding import controls_by_context
@@ -65,7 +66,9 @@ class MemberTrainer(nn.Module):
         ``B`` rows: latents ``(B, m, d)``, counts ``(B, G)``, ids and doses ``(B, S)``, context ``(B, K)``.
         """
         k = GROUP_BATCH_KEYS
-        z_pred = self.net(batch[k.z_control], batch[k.ids], batch[k.dose], batch.get(k.context))  # (B, m, d)
+        z_pred = self.net(
+            batch[k.z_control], batch[k.ids], batch[k.dose], batch.get(k.context), base=batch.get(k.base)
+        )  # (B, m, d)
         perm = ot_pairing(z_pred, batch[k.z_target], batch[k.group])
         target = batch[k.z_target][perm]
         latent = (z_pred - target).pow(2).mean()
@@ -91,7 +94,11 @@ def fit_ensemble(
     out_dir: str | Path | None = None,
     seed: int = 0,
 ) -> list[Any]:
-    """Train every member of ``model``, then calibrate it (see :meth:`PerturbDeltaModel.fit`)."""
+    """Fit the base shift, train every member of ``model``, then calibrate it (see :meth:`PerturbDeltaModel.fit`).
+
+    With ``config.base_shift='context_mean'`` (and a formulation that uses it) ``model.base_shift`` is
+    fitted on the training rows first (contexts of an earlier fit that ``train_rows`` lack are kept).
+    """
     train_rows = np.asarray(train_rows, dtype=np.int64)
     val_rows = np.asarray(val_rows if val_rows is not None else [], dtype=np.int64)
     control = model.vocab.control
@@ -103,6 +110,10 @@ def fit_ensemble(
     pert_val = val_rows[cells.labels[val_rows] != control]
     if len(pert_train) == 0:
         raise InvalidInputError("the training rows hold no perturbed cells.")
+    base = None
+    if model.config.base_shift == "context_mean" and getattr(model.nets[0].formulation, "uses_base", False):
+        base = fit_base_shift(cells, train_rows, model.vocab, previous=model.base_shift)
+    model.base_shift = base
     results = []
     for k, net in enumerate(model.nets):
         member_seed = seed * 1000 + k
@@ -112,10 +123,12 @@ def fit_ensemble(
             vae.decoder.requires_grad_(True)
             model.decoders[k] = vae
         trainer = MemberTrainer(net, vae)
-        train_ds = GroupBatches(cells, pert_train, controls, vae, model.config, seed=member_seed, shuffle=True)
+        train_ds = GroupBatches(
+            cells, pert_train, controls, vae, model.config, seed=member_seed, shuffle=True, base=base
+        )
         val_loader = None
         if len(pert_val):
-            val_ds = GroupBatches(cells, pert_val, controls, vae, model.config, seed=seed, shuffle=False)
+            val_ds = GroupBatches(cells, pert_val, controls, vae, model.config, seed=seed, shuffle=False, base=base)
             val_loader = group_loader(val_ds)
         member_dir = None if out_dir is None else Path(out_dir) / f"member_{k}"
         results.append(

@@ -122,6 +122,30 @@ class _Scorer:
         return QueryPrediction(mean=resp.mean, cells=log_normalize(resp.counts, library=resp.library))
 
 
+#: Floor of the trivial sigma, as a quantile of the positive control SDs: a gene with no expression in the
+#: control cells has SD 0, and a zero sigma would make the conformal scores (|error| / sigma) unbounded.
+CONTROL_SD_FLOOR_QUANTILE = 0.1
+
+
+def control_sd(control_cells: np.ndarray) -> np.ndarray:
+    """The model-free reference sigma: each gene's SD over the context's control cells, floored.
+
+    Parameters
+    ----------
+    control_cells
+        ``(n, G)`` log-normalised control cells of the query's context.
+
+    Returns
+    -------
+    ``(G,)`` SDs; zeros (and SDs below it) are raised to the ``CONTROL_SD_FLOOR_QUANTILE`` quantile of the
+    positive SDs (or 1e-3 when no gene varies).
+    """
+    sd = control_cells.std(0, ddof=1) if len(control_cells) > 1 else np.zeros(control_cells.shape[1])
+    positive = sd[sd > 0]
+    floor = float(np.quantile(positive, CONTROL_SD_FLOOR_QUANTILE)) if positive.size else 1e-3
+    return np.maximum(sd, floor)
+
+
 def _control_sd_calibrator(scorer: _Scorer, split: Split) -> ConformalCalibrator | None:
     """The trivial sigma (control SD) conformalised on the validation conditions, as the model's calibrator is."""
     val = np.asarray(split.val)
@@ -131,7 +155,7 @@ def _control_sd_calibrator(scorer: _Scorer, split: Split) -> ConformalCalibrator
         rows = val[(scorer.labels[val] == cond) & (scorer.contexts[val] == ctx)]
         y.append(scorer.lognorm(rows).mean(0))
         mu.append(scorer.query(cond, ctx).mean)
-        sd.append(scorer.control_cells(ctx).std(0, ddof=1))
+        sd.append(control_sd(scorer.control_cells(ctx)))
     return ConformalCalibrator.fit(np.stack(y), np.stack(mu), np.stack(sd)) if y else None
 
 
@@ -220,7 +244,7 @@ def evaluate_perturb(
         preds["genailab"].append(
             QueryPrediction(mean=pred.mean, sigma=pred.sigma, cells=cells, ood_score=pred.ood_score)
         )
-        preds["control_sd"].append(QueryPrediction(mean=pred.mean, sigma=ctrl_x.std(0, ddof=1)))
+        preds["control_sd"].append(QueryPrediction(mean=pred.mean, sigma=control_sd(ctrl_x)))
         for name, base in baselines.items():
             m = base.predict(condition, ctx)
             cells_ref = ctrl_x if name == "no_change" else None  # the energy distance's reference
@@ -260,8 +284,8 @@ def evaluate_perturb(
                 "vae_oracle": "decodes the held-out cells' own observed latent shift: a ceiling, not a prediction"
             },  # fmt: skip
             "references": {
-                "control_sd": "genailab's mean with the control cells' per-gene SD as sigma, "
-                "conformalised on the validation conditions"
+                "control_sd": "genailab's mean with the control cells' per-gene SD as sigma (floored at the "
+                "10th percentile of the positive SDs), conformalised on the validation conditions"
             },  # fmt: skip
             "seen": "k/n: k of the query's n agents have single-agent cells in training",
             "ood_negatives": "validation conditions" if negatives else "none (no OOD AUROC)",

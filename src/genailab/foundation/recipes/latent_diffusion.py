@@ -469,14 +469,7 @@ class LatentDiffusionModel(nn.Module):
                 batch_index = cond_values[:, self.config.condition_keys.index(batch_key)].long()
             else:
                 batch_index = torch.full((z_std.shape[0],), -1, dtype=torch.long)
-        gen = torch.Generator().manual_seed(seed + 1)
-        if library is None:
-            library = vae.sample_library(batch_index, z_std.shape[0], gen)
-        dist = vae.decode(vae.unstandardize(z_std), library, batch_index)
-        with torch.random.fork_rng():  # Distribution.sample draws from the global generator; keep the caller's
-            torch.manual_seed(seed + 2)
-            counts = dist.sample()
-        return counts.numpy().astype(np.int32), library
+        return vae.sample_counts(z_std, batch_index, seed=seed, library=library)
 
     def sample(
         self,

@@ -382,12 +382,8 @@ class GaussianLatentPrior:
         z, backed_off = self.sample_latents(columns, n_cells, seed)
         vae = self.vae.eval()
         batch_index = self._batch_index(columns, n_cells)
-        # Decoding as LatentDiffusionModel does it (same seed offsets), so only the latent prior differs.
-        library = vae.sample_library(batch_index, n_cells, torch.Generator().manual_seed(seed + 1))
-        dist = vae.decode(vae.unstandardize(z), library, batch_index)
-        with torch.random.fork_rng():  # Distribution.sample draws from the global generator; keep the caller's
-            torch.manual_seed(seed + 2)
-            counts = dist.sample().numpy().astype(np.int32)
+        # Decoded exactly as LatentDiffusionModel decodes (same method, same seed offsets): only the prior differs.
+        counts, library = vae.sample_counts(z, batch_index, seed=seed)
         obs = synthetic_obs(columns, n_cells, self.condition_keys)
         settings = {
             "generator": f"GaussianLatentPrior({self.covariance})",

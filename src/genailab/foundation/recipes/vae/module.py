@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -226,6 +227,39 @@ class LatentTokenVAEModule(nn.Module):
             std = torch.where(unknown, self.log_library_std.mean(), std)
         eps = torch.randn(n, generator=generator, device=mean.device)
         return (mean + std * eps).exp().round().clamp(min=1.0).unsqueeze(-1)
+
+    def sample_counts(
+        self,
+        z_std: torch.Tensor,
+        batch_index: torch.Tensor | None,
+        *,
+        seed: int,
+        library: torch.Tensor | None = None,
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """Integer counts drawn from the decoder at standardised latents (how every generator decodes).
+
+        Parameters
+        ----------
+        z_std
+            ``(n, m, d)`` standardised latent tokens.
+        batch_index
+            ``(n,)`` batch codes (``-1`` = unknown batch) or ``None``.
+        seed
+            Library sizes use ``seed + 1``, the count draw ``seed + 2``; the caller's global RNG is untouched.
+        library
+            ``(n, 1)`` library sizes; ``None`` draws them from :meth:`sample_library`.
+
+        Returns
+        -------
+        ``(counts (n, G) int32, library (n, 1))``.
+        """
+        if library is None:
+            library = self.sample_library(batch_index, z_std.shape[0], torch.Generator().manual_seed(seed + 1))
+        dist = self.decode(self.unstandardize(z_std), library, batch_index)
+        with torch.random.fork_rng():  # Distribution.sample draws from the global generator; keep the caller's
+            torch.manual_seed(seed + 2)
+            counts = dist.sample()
+        return counts.numpy().astype(np.int32), library
 
     def extra_repr(self) -> str:
         """Summary shown by ``print(model)``."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,6 +25,7 @@ __all__ = [
     "Config",
     "apply_overrides",
     "check_choice",
+    "check_count",
     "check_fraction",
     "check_positive",
     "load_yaml_overrides",
@@ -48,6 +50,28 @@ def check_positive(name: str, value: float, *, strict: bool = True, integer: boo
         raise InvalidInputError(f"{name}={value!r} must be an integer.")
     if not math.isfinite(value) or (value <= 0 if strict else value < 0):
         raise InvalidInputError(f"{name}={value!r} must be {'> 0' if strict else '>= 0'} and finite.")
+
+
+def check_count(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as a Python ``int``, refusing a bool, a non-integer or a value below ``minimum``.
+
+    Parameters
+    ----------
+    value
+        The argument to check.
+    name
+        Its name, for the message.
+    minimum
+        The smallest allowed value.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``value`` is not an integer or is below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InvalidInputError(f"{name}={value!r}; expected an integer >= {minimum}.")
+    return int(value)
 
 
 def check_fraction(name: str, value: float, *, inclusive: bool = False) -> None:

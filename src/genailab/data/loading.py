@@ -32,6 +32,7 @@ import torch
 from anndata import AnnData
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from genailab.config import check_count
 from genailab.constants import BATCH_KEYS
 from genailab.data.counts import get_counts, is_backed_sparse
 from genailab.data.genes import GeneAlignment, apply_alignment
@@ -234,12 +235,6 @@ class CountsDataset(Dataset):
         }
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InvalidInputError(f"{name}={value!r} must be an integer >= {minimum}.")
-    return int(value)
-
-
 class BatchSampler(Sampler[list[int]]):
     """Yields lists of dataset positions, one list per batch.
 
@@ -277,11 +272,11 @@ class BatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> None:
-        self.n = _check_int("n", n, 0)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
-        self.num_replicas = _check_int("num_replicas", num_replicas, 1)
-        self.rank = _check_int("rank", rank, 0)
+        self.n = check_count(n, "n", 0)
+        self.batch_size = check_count(batch_size, "batch_size", 1)
+        self.seed = check_count(seed, "seed", 0)
+        self.num_replicas = check_count(num_replicas, "num_replicas", 1)
+        self.rank = check_count(rank, "rank", 0)
         if self.rank >= self.num_replicas:
             raise InvalidInputError(f"rank={rank!r} must be < num_replicas={num_replicas!r}.")
         for name, flag in (("shuffle", shuffle), ("drop_last", drop_last)):
@@ -293,7 +288,7 @@ class BatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Use the permutation of ``epoch`` (call before each epoch when shuffling)."""
-        self.epoch = _check_int("epoch", epoch, 0)
+        self.epoch = check_count(epoch, "epoch", 0)
 
     def _shard(self) -> np.ndarray:
         if self.shuffle:
@@ -382,8 +377,8 @@ def make_dataloader(
     -------
     A :class:`torch.utils.data.DataLoader` yielding batch dicts.
     """
-    _check_int("batch_size", batch_size, 1)
-    _check_int("num_workers", num_workers, 0)
+    check_count(batch_size, "batch_size", 1)
+    check_count(num_workers, "num_workers", 0)
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise InvalidInputError(f"dataset must be a CountsDataset, got {type(dataset).__name__}.")
     sampler = BatchSampler(

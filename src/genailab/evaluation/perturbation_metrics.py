@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from genailab.config import check_count
 from genailab.errors import InvalidInputError
 from genailab.evaluation.distribution import energy_distance
 
@@ -122,37 +123,6 @@ def _vector(a: object, name: str, n_genes: int) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise InvalidInputError(f"{name} contains NaN or infinite values; expected finite values.")
     return arr
-
-
-def check_count(value: object, name: str, minimum: int = 1) -> int:
-    """Check that ``value`` is an integer (not a bool) of at least ``minimum``.
-
-    Parameters
-    ----------
-    value
-        The argument to check.
-    name
-        Its name, for the message.
-    minimum
-        The smallest allowed value.
-
-    Returns
-    -------
-    ``value`` as a Python ``int``.
-
-    Raises
-    ------
-    InvalidInputError
-        If ``value`` is not an integer or is below ``minimum``.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise InvalidInputError(f"{name}={value!r}; expected an integer >= {minimum}.")
-    return int(value)
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-query metrics
-# --------------------------------------------------------------------------------------------------
 
 
 def _welch_t(perturbed: np.ndarray, control: np.ndarray) -> np.ndarray:

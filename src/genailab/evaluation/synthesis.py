@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from genailab.config import check_count
 from genailab.evaluation.distribution import (
     classifier_auc,
     energy_distance,
@@ -49,7 +50,6 @@ from genailab.evaluation.synthesis_embedding import (
     TARGET_SUM,
     Matrix,
     SynthesisEmbedding,
-    check_int,
     check_sizes,
     embed_inputs,
     gene_stats,
@@ -320,9 +320,9 @@ def evaluate_synthesis(
     InvalidInputError
         On bad arguments, too few cells or invalid counts.
     """
-    check_int(n_pcs, "n_pcs", 1)
-    check_int(seed, "seed", 0)
-    check_int(min_cells, "min_cells", 6)
+    check_count(n_pcs, "n_pcs", 1)
+    check_count(seed, "seed", 0)
+    check_count(min_cells, "min_cells", 6)
     cls_key = condition_key if classifier_key is None else classifier_key
     inputs = prepare_inputs(real, syn, layer=layer, condition_key=condition_key, classifier_key=cls_key)
     check_sizes(inputs)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
+from genailab.config import check_count
 from genailab.data.counts import get_counts, log_normalize
 from genailab.errors import GeneOverlapError, InvalidCountsError, InvalidInputError, MissingKeyError
 
@@ -28,7 +29,6 @@ __all__ = [
     "TARGET_SUM",
     "SynthesisEmbedding",
     "SynthesisInputs",
-    "check_int",
     "check_sizes",
     "embed_inputs",
     "gene_stats",
@@ -369,8 +369,8 @@ def pca_embed(
     -------
     A :class:`SynthesisEmbedding`.
     """
-    check_int(n_pcs, "n_pcs", 1)
-    check_int(seed, "seed", 0)
+    check_count(n_pcs, "n_pcs", 1)
+    check_count(seed, "seed", 0)
     inputs = prepare_inputs(real, syn, layer=layer, condition_key=condition_key, classifier_key=None)
     check_sizes(inputs)
     return embed_inputs(inputs, n_pcs, seed)
@@ -395,27 +395,6 @@ def check_sizes(inputs: SynthesisInputs) -> None:
             f"real has {n_real} cells and syn {n_syn}; expected at least 6 real cells (split in thirds) "
             "and 2 synthetic cells."
         )
-
-
-def check_int(value: Any, name: str, minimum: int) -> None:
-    """Raise unless ``value`` is an integer (not a bool) of at least ``minimum``.
-
-    Parameters
-    ----------
-    value
-        The argument to check.
-    name
-        Its name, for the message.
-    minimum
-        The smallest allowed value.
-
-    Raises
-    ------
-    InvalidInputError
-        If ``value`` is not an integer or is below ``minimum``.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise InvalidInputError(f"{name}={value!r}; expected an integer >= {minimum}.")
 
 
 def subsample(idx: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from genailab.config import check_count
 from genailab.evaluation.distribution import median_distance, mmd_rbf
 from genailab.evaluation.synthesis import MMD_SCALES
-from genailab.evaluation.synthesis_embedding import check_int, check_sizes, embed_inputs, prepare_inputs, subsample
+from genailab.evaluation.synthesis_embedding import check_sizes, embed_inputs, prepare_inputs, subsample
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -68,7 +69,7 @@ def resampled_stat(
     ``"floor_sd"``, ``"ratio"`` (median synthetic / median floor), ``"ratio_interval"``
     (``[median synthetic / floor_q975, median synthetic / floor_q025]``), ``"n_boot"``, ``"n_compared"``.
     """
-    check_int(n_boot, "n_boot", 1)
+    check_count(n_boot, "n_boot", 1)
     n = len(real)
     n_ref = n // 2 if n_ref is None else int(n_ref)
     m = min(n - n_ref, len(syn))

@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from genailab.config import check_count
 from genailab.constants import ADATA_KEYS, BATCH_KEYS
 from genailab.data import make_dataloader
 from genailab.errors import InvalidInputError
 from genailab.evaluation.synthesis import clean_json, evaluate_synthesis
-from genailab.evaluation.synthesis_embedding import check_int, gene_stats, library_sizes, prepare_inputs, subsample
+from genailab.evaluation.synthesis_embedding import gene_stats, library_sizes, prepare_inputs, subsample
 from genailab.evaluation.synthesis_floor import (
     floor_spread,
     neighbourhood_stats,
@@ -272,7 +273,7 @@ def latent_prior_gap(
     ``{"overall": entry, "per_condition": {value: entry}, "settings": {...}}``, each entry
     ``{"mmd": resampled MMD^2, "neighbourhood": precision/coverage/variance ratio, "n_real", "n_syn"}``.
     """
-    check_int(min_cells, "min_cells", 4)
+    check_count(min_cells, "min_cells", 4)
     if synthetic is None or ADATA_KEYS.SYNTH_LATENT not in synthetic.obsm:
         synthetic = model.sample(like=real_heldout, seed=seed)
     z_gen = np.asarray(synthetic.obsm[ADATA_KEYS.SYNTH_LATENT], dtype=float)
@@ -376,7 +377,7 @@ def count_model_gap(
     -------
     ``{"overall": entry, "per_condition": {value: entry}, "settings": {...}}``.
     """
-    check_int(min_cells, "min_cells", 4)
+    check_count(min_cells, "min_cells", 4)
     inputs = prepare_inputs(real, synthetic, layer=layer, condition_key=condition_key, classifier_key=None)
     rng = np.random.default_rng([seed, 3])
 

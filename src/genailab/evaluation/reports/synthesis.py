@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from genailab.config import check_count
 from genailab.errors import InvalidInputError
 from genailab.evaluation.reports.html import figure_to_html, write_html_report
 from genailab.evaluation.synthesis import METRICS, evaluate_synthesis
 from genailab.evaluation.synthesis_embedding import (
     SynthesisEmbedding,
     SynthesisInputs,
-    check_int,
     check_sizes,
     embed_inputs,
     gene_stats,
@@ -362,7 +362,7 @@ def write_synthesis_report(
     """
     if embedding not in ("umap", "pca"):
         raise InvalidInputError(f"embedding={embedding!r}; expected one of 'umap', 'pca'.")
-    check_int(max_plot_cells, "max_plot_cells", 2)
+    check_count(max_plot_cells, "max_plot_cells", 2)
     if metrics is None:
         metrics = evaluate_synthesis(real, syn, condition_key=condition_key, layer=layer, seed=seed)
     out = Path(out_dir)

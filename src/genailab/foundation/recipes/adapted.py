@@ -23,6 +23,7 @@ the same method and loads the trained parameters, so the directory stays small.
 
 from __future__ import annotations
 
+import abc
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -143,7 +144,7 @@ def _report_dict(report: TuningReport) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------- kinds
-class AdaptedKind:
+class AdaptedKind(abc.ABC):
     """One kind of adapted model: how its base loads, extends, tunes, saves and reloads.
 
     Subclasses set :attr:`base_class` and implement the four abstract steps; :meth:`extra_save` and
@@ -156,27 +157,29 @@ class AdaptedKind:
         """The pretrained base model in ``base_dir``."""
         return self.base_class.from_pretrained(base_dir)
 
+    @abc.abstractmethod
     def new_categories(self, model: nn.Module, adata: AnnData) -> dict[str, list[str]]:
         """Condition key -> the values of ``adata`` the base has never seen (possibly empty lists)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def prepare(self, model: nn.Module, tuning: TuningConfig, new: Mapping[str, Sequence[str]]) -> TuningReport:
         """Extend the condition tables by ``new`` and apply ``tuning`` to the trained modules."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The trained parameters to write to ``adapter.safetensors``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load_trainable(self, model: nn.Module, state: Mapping[str, torch.Tensor], *, where: str) -> None:
         """Copy :meth:`saved_state`'s tensors into a prepared ``model``."""
-        raise NotImplementedError
 
     def extra_save(self, model: nn.Module, directory: Path) -> None:
         """Write what the kind keeps besides the adapter weights (called before the weights are written)."""
+        return None  # by default a kind keeps nothing besides the adapter weights
 
     def extra_load(self, model: nn.Module, directory: Path, *, what: str) -> None:
         """Read what :meth:`extra_save` wrote (called after the weights are loaded)."""
+        return None
 
 
 #: Adapted-model kinds by name (the ``kind`` saved in ``adapter.json``).

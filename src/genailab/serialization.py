@@ -3,8 +3,9 @@
 This module is the one home of what model directories share: the config and weight files, the
 directory hashes that identify a base model (:func:`hash_model_dir` for adapted models' bases,
 :func:`hash_config_and_weights` for a VAE referred to by ``vae_source.json``), the VAE reference itself
-(:func:`write_vae_reference`, :func:`resolve_vae_reference`, :func:`check_vae_reference`) and the test
-for an adapted directory (:func:`is_adapted_dir`).
+(:func:`write_vae_reference`, :func:`resolve_vae_reference`, :func:`vae_reference_dir`,
+:func:`check_vae_reference`), the confinement of relative paths stored in a directory
+(:func:`confined_path`) and the test for an adapted directory (:func:`is_adapted_dir`).
 
 No pickle anywhere: weights are safetensors, everything else is JSON. Loading checks, in order, that
 the directory exists, that ``config.json`` parses and names the expected class, that the library
@@ -37,6 +38,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "check_vae_reference",
     "check_version",
+    "confined_path",
     "hash_config_and_weights",
     "hash_model_dir",
     "is_adapted_dir",
@@ -45,6 +47,7 @@ __all__ = [
     "read_json",
     "resolve_vae_reference",
     "save_weights",
+    "vae_reference_dir",
     "write_config",
     "write_vae_reference",
 ]
@@ -205,11 +208,67 @@ def write_vae_reference(directory: Path, vae_dir: Path) -> dict[str, str]:
     return source
 
 
+def confined_path(directory: Path, relative: Any, *, where: str) -> Path:
+    """``directory / relative`` for a relative path stored inside a model directory, confined to it.
+
+    A stored relative reference names something inside the directory it is stored in; an absolute path,
+    a ``..`` component or a non-string would let a crafted directory point anywhere, so each is refused.
+
+    Parameters
+    ----------
+    directory
+        The model directory holding the reference.
+    relative
+        The stored value.
+    where
+        The file and field, for the error message (e.g. ``"'d/vae_source.json' field 'relative'"``).
+
+    Raises
+    ------
+    CheckpointError
+        The value is not a relative path inside ``directory``.
+    """
+    if not isinstance(relative, str):
+        raise CheckpointError(f"{where} is {relative!r}; expected a relative path inside {str(directory)!r}.")
+    # both separators: a value written on Windows must not escape on POSIX either
+    parts = relative.replace("\\", "/").split("/")
+    if Path(relative).is_absolute() or relative.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts:
+        raise CheckpointError(
+            f"{where} is {relative!r}, which points outside the model directory {str(directory)!r}; a stored "
+            "relative path must name something inside it (no absolute path, no '..'). The directory is "
+            "corrupt or was crafted; re-save the model or fix the value."
+        )
+    return directory / relative
+
+
+def vae_reference_dir(directory: Path, source: Mapping[str, Any]) -> Path:
+    """The VAE directory a ``vae_source.json`` reference names: its ``relative`` path (confined) or its ``path``.
+
+    Raises
+    ------
+    CheckpointError
+        ``relative`` leaves ``directory``, or the reference has neither field.
+    """
+    where = f"{str(Path(directory) / VAE_SOURCE)!r}"
+    if not isinstance(source, Mapping):
+        raise CheckpointError(f"{where} is not a JSON object; the model directory is corrupt.")
+    if source.get("relative"):
+        return confined_path(Path(directory), source["relative"], where=f"{where} field 'relative'")
+    if not isinstance(source.get("path"), str) or not source["path"]:
+        raise CheckpointError(f"{where} names no VAE (neither 'relative' nor 'path'); the model directory is corrupt.")
+    return Path(source["path"])
+
+
 def resolve_vae_reference(directory: Path) -> tuple[Path, dict[str, Any]]:
-    """Read ``directory/vae_source.json`` and return the VAE directory it refers to, with the reference."""
+    """Read ``directory/vae_source.json`` and return the VAE directory it refers to, with the reference.
+
+    Raises
+    ------
+    CheckpointError
+        A missing or corrupt file, or a ``relative`` path that leaves ``directory`` (see :func:`confined_path`).
+    """
     source = read_json(directory / VAE_SOURCE, what=f"model directory {str(directory)!r}")
-    vae_dir = directory / source["relative"] if source.get("relative") else Path(source["path"])
-    return vae_dir, source
+    return vae_reference_dir(directory, source), source
 
 
 def check_vae_reference(vae_dir: Path, source: Mapping[str, Any]) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -93,11 +94,12 @@ def test_resume_continues_from_last_checkpoint(tiny_adata, tmp_path):
     result = _model(tiny_adata).fit(tiny_adata, more, out_dir=tmp_path, seed=0)
     assert result.resumed_from is not None
     assert result.epochs == 4
-    # only the two remaining epochs ran
-    assert [int(h["epoch"]) for h in result.history] == [2, 3]
-    # the first segment's metrics survive the resume
+    # the history covers both segments (it travels in the checkpoint)
+    assert [int(h["epoch"]) for h in result.history] == [0, 1, 2, 3]
+    # the first segment's metrics survive the resume, and only the two remaining epochs ran
     assert (tmp_path / "logs" / "version_0" / "metrics.csv").is_file()
-    assert (tmp_path / "logs" / "version_1" / "metrics.csv").is_file()
+    second = pd.read_csv(tmp_path / "logs" / "version_1" / "metrics.csv")
+    assert set(second["epoch"].dropna().astype(int)) == {2, 3}
 
 
 def test_posterior_sampling_and_reconstruction(tiny_adata):
@@ -109,9 +111,42 @@ def test_posterior_sampling_and_reconstruction(tiny_adata):
     assert rec.shape == (96, 32)
     assert np.all(rec == np.round(rec))
     assert rec.min() >= 0
-    lib = model.sample_library(torch.tensor([0, 1, -1]), 3, torch.Generator().manual_seed(0))
+    z_std = torch.zeros(3, 4, 8)
+    lib = model.sample_library(torch.tensor([0, 1, -1]), 3, torch.Generator().manual_seed(0), z_std=z_std)
     assert lib.shape == (3, 1)
     assert (lib >= 1).all()
+    with pytest.raises(InvalidInputError, match="z_std"):
+        model.sample_library(torch.tensor([0, 1, -1]), 3)
+
+
+@pytest.mark.parametrize("library_model", ["latent", "batch"])
+def test_library_model_follows_cell_state(library_model):
+    """Type-0 cells have 8x the library of the others: the latent library model gives generated type-0
+    cells their large libraries; the per-batch model cannot tell the types apart."""
+    adata = make_count_adata(n_obs=240, seed=4)
+    is0 = (adata.obs["cell_type"] == "type0").to_numpy()
+    x = adata.X.toarray()
+    x[is0] = np.random.default_rng(0).poisson(x[is0] * 8.0)
+    adata.X = type(adata.X)(x)
+    model = _model(adata, library_model=library_model)
+    model.fit(adata, train=TrainConfig(max_epochs=3, batch_size=64, progress_bar=False, early_stopping_patience=0))
+    assert hasattr(model, "library_weight") == (library_model == "latent")
+    z_std = torch.as_tensor(model.get_latent(adata, key=None, standardize=True))
+    lib = model.sample_library(None, adata.n_obs, torch.Generator().manual_seed(0), z_std=z_std).view(-1).log()
+    gap = float(lib[torch.as_tensor(is0)].mean() - lib[torch.as_tensor(~is0)].mean())  # true gap: log 8 = 2.08
+    if library_model == "latent":
+        assert gap > 1.2
+    else:
+        assert abs(gap) < 0.5
+
+
+def test_config_without_library_model_loads_as_batch():
+    legacy = LatentTokenVAEConfig(n_genes=10).to_dict()
+    del legacy["library_model"]
+    assert LatentTokenVAEConfig.from_dict(legacy).library_model == "batch"
+    assert LatentTokenVAEConfig(n_genes=10).library_model == "latent"
+    with pytest.raises(InvalidInputError, match="library_model='cell'"):
+        LatentTokenVAEConfig(n_genes=10, library_model="cell")
 
 
 def test_unknown_batch_label_policy(tiny_adata):

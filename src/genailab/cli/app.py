@@ -40,6 +40,8 @@ perturb_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(perturb_app, name="perturb")
+data_app = typer.Typer(help="Data files: convert-dict.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 _STATE = {"debug": False}
 
@@ -151,7 +153,8 @@ def synth_train(
     ] = None,
     grn: Annotated[str | None, typer.Option("--grn", help="TSV/CSV of regulator->target edges (GRN tokens).")] = None,
     gene_medians: Annotated[
-        str | None, typer.Option("--gene-medians", help="Geneformer gene-median .pkl (rank tokens).")
+        str | None,
+        typer.Option("--gene-medians", help="Gene-median dictionary for rank tokens: .json, .tsv or Geneformer .pkl."),
     ] = None,
     id_map: Annotated[
         str | None, typer.Option("--id-map", help="TSV with symbol / ensembl_id columns to match gene IDs.")
@@ -472,6 +475,22 @@ def perturb_evaluate(
     for note in summary.get("warnings", []):
         _console().print(f"[yellow]warning[/yellow]: {note}")
     _console().print(f"[green]wrote[/green] {out}/report.html and {out}/metrics.json ({summary['n_queries']} queries)")
+
+
+@data_app.command("convert-dict")
+def data_convert_dict(
+    source: Annotated[
+        Path, typer.Argument(metavar="IN", help="A gene dictionary: Geneformer .pkl (or .json, two-column .tsv).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The JSON file to write.")],
+) -> None:
+    """Convert a pickled gene dictionary (e.g. Geneformer's gene_median_dictionary.pkl) to JSON, once.
+
+    The pickle is read safely: anything but dictionaries, lists, strings, numbers and NumPy scalars is
+    refused. Pass the JSON to --gene-medians afterwards.
+    """
+    record = workflows.convert_dictionary(source, out)
+    _console().print(f"[green]wrote[/green] {record['out']} ({record['n_entries']} entries)")
 
 
 @app.command("demo")

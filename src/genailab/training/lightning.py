@@ -1,10 +1,16 @@
-"""Lightning wrapper, trainer factory and resume logic."""
+"""Lightning wrapper, trainer factory and resume logic.
+
+Checkpoints are read with ``weights_only=True``: a Lightning checkpoint of ours holds tensors, numbers,
+strings and containers only, so nothing in a ``last.ckpt`` left in a run directory can run code on resume.
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
+import pickle
 import random
 import time
 import warnings
@@ -18,7 +24,7 @@ from torch import nn
 
 from genailab.config import Config, check_choice, check_fraction, check_positive
 from genailab.data import make_dataloader, random_split
-from genailab.errors import InvalidInputError
+from genailab.errors import CheckpointError, InvalidInputError
 from genailab.io import check_writable
 
 __all__ = [
@@ -26,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "fit_recipe",
+    "load_checkpoint",
     "seed_everything",
     "split_indices",
     "train_loaders",
@@ -243,6 +250,7 @@ def fit_recipe(
         logger = CSVLogger(save_dir=str(out), name="logs")
         last = ckpt_dir / LAST_CHECKPOINT
         if resume and last.is_file():
+            load_checkpoint(last)  # refuse a truncated or unsafe file with a message, before Lightning reads it
             ckpt_path = str(last)
     if val_loader is not None and config.early_stopping_patience > 0:
         callbacks.append(
@@ -268,7 +276,7 @@ def fit_recipe(
         default_root_dir=str(out_dir) if out_dir is not None else None,
     )
     t0 = time.perf_counter()
-    trainer.fit(module, ckpt_path=ckpt_path)
+    trainer.fit(module, ckpt_path=ckpt_path, **_weights_only(trainer))
     wall = time.perf_counter() - t0
     recipe.eval()
     best = None
@@ -297,9 +305,37 @@ def fit_recipe(
     )
 
 
+def _weights_only(trainer: Any) -> dict[str, bool]:
+    """``{"weights_only": True}`` where ``Trainer.fit`` takes it (Lightning >= 2.5), else ``{}`` (torch's default)."""
+    return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a Lightning checkpoint safely (``weights_only=True``: tensors, numbers, strings and containers only).
+
+    Raises
+    ------
+    CheckpointError
+        The file is truncated or corrupt, or holds objects a checkpoint never needs (a pickle that would run
+        code); the message names the file to delete.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read safely: it is truncated, corrupt or holds objects a "
+            f"checkpoint never needs ({first}). Delete it to restart this training from the beginning, or "
+            "choose another --out."
+        ) from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a Lightning checkpoint.")
+    return state
+
+
 def _checkpoint_progress(path: Path) -> tuple[int, int]:
     """``(epoch, global_step)`` recorded in a Lightning checkpoint this run wrote."""
-    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+    state = load_checkpoint(path)
     return int(state.get("epoch", 0)) + 1, int(state.get("global_step", 0))
 
 

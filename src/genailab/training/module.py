@@ -11,7 +11,10 @@ from torch import nn
 
 from genailab.errors import InvalidInputError
 
-__all__ = ["LightningRecipe"]
+__all__ = ["HISTORY_KEY", "LightningRecipe"]
+
+#: Where a checkpoint keeps the per-epoch history of the run (older checkpoints lack it: their history restarts).
+HISTORY_KEY = "genailab_history"
 
 
 def _shard(loader: Any, trainer: Any) -> Any:
@@ -82,6 +85,13 @@ class LightningRecipe(L.LightningModule):
         row = {"epoch": float(self.current_epoch)}
         row.update({k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1})
         self.history.append(row)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the per-epoch history travels with the checkpoint, so a resumed run reports every epoch, not its last segment
+        checkpoint[HISTORY_KEY] = [dict(row) for row in self.history]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = [dict(row) for row in checkpoint.get(HISTORY_KEY, [])]
 
     def train_dataloader(self) -> Any:
         return _shard(self._train_loader, self.trainer)

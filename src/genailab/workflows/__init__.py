@@ -9,6 +9,7 @@ and writes the outputs atomically.
 - :mod:`genailab.workflows.demo`: the quick-start ``demo``;
 - :mod:`genailab.workflows.perturb`: ``perturb train | predict | evaluate``;
 - :mod:`genailab.workflows.adapt`: ``synth adapt | distill``, ``perturb adapt``;
+- :mod:`genailab.workflows.data_tools`: ``data convert-dict``;
 - :mod:`genailab.workflows.rundir`: run directories (file names, same-run guard, run records);
 - :mod:`genailab.workflows.runconfig`: typed run configs, resolved once.
 
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from genailab.workflows.adapt import adapt_perturb, adapt_synth, distill_synth
+    from genailab.workflows.data_tools import convert_dictionary
     from genailab.workflows.demo import demo_config, run_demo
     from genailab.workflows.perturb import evaluate_perturb, predict_perturb, train_perturb, train_perturb_on
     from genailab.workflows.synth import (
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 JOBS: dict[str, str] = {
     "adapt_perturb": "adapt",
     "adapt_synth": "adapt",
+    "convert_dictionary": "data_tools",
     "counterfactual_synth": "synth",
     "demo_config": "demo",
     "distill_synth": "adapt",
@@ -59,6 +62,7 @@ JOBS: dict[str, str] = {
 __all__ = [
     "adapt_perturb",
     "adapt_synth",
+    "convert_dictionary",
     "counterfactual_synth",
     "demo_config",
     "distill_synth",

@@ -1,7 +1,8 @@
 """Workflows behind ``genailab synth adapt``, ``genailab perturb adapt`` and ``genailab synth distill``.
 
-Each opens its run directory through :class:`~genailab.workflows.rundir.RunDirectory` (the resolved
-config, seed and versions first; a rerun with the same settings resumes from the run's last checkpoint),
+Each checks its run directory through :class:`~genailab.workflows.rundir.RunDirectory` before reading
+the inputs and writes the resolved config, seed and versions once they are read (a refusal before
+training leaves ``--out`` free; a rerun with the same settings resumes from the run's last checkpoint),
 then writes the model files (``config.json`` last), then the summary (method report, trainable vs total
 parameters, wall time).
 """
@@ -17,6 +18,7 @@ from genailab.errors import InvalidInputError
 from genailab.foundation.recipes import LatentDiffusionModel, distill_latent_diffusion, load_model, save_distilled
 from genailab.foundation.recipes.adapted import adapt_perturbation, adapt_synthesis, save_adapted
 from genailab.io import check_writable
+from genailab.serialization import vae_reference_dir
 from genailab.training import seed_everything
 from genailab.workflows.runconfig import (
     AdaptRunConfig,
@@ -50,12 +52,13 @@ def adapt_synth(
         return distill_synth(base_dir, out, data=data, config_path=config_path, sets=sets, seed=seed)
     cli = {"tuning.method": tuning, "seed": seed}
     config = resolve_run_config(config_path, list(sets or []), cli=cli, cls=AdaptRunConfig)
-    run = RunDirectory.open(out, config, base=str(Path(base_dir).resolve()), data=str(Path(data).resolve()))
+    run = RunDirectory.check(out, config, base=str(Path(base_dir).resolve()), data=str(Path(data).resolve()))
     adata = read_h5ad(data)
     t0 = time.perf_counter()
-    model, record = adapt_synthesis(base_dir, adata, config.tuning, config.train, out_dir=out, seed=config.seed)
-    save_adapted(model, out, base_dir=base_dir, record=record)
-    return run.finish({**record, "wall_s": time.perf_counter() - t0})
+    with run.started():  # the base and the new cells are checked inside: a refusal leaves --out free
+        model, record = adapt_synthesis(base_dir, adata, config.tuning, config.train, out_dir=out, seed=config.seed)
+        save_adapted(model, out, base_dir=base_dir, record=record)
+        return run.finish({**record, "wall_s": time.perf_counter() - t0})
 
 
 def adapt_perturb(
@@ -81,14 +84,21 @@ def adapt_perturb(
         )
     cli = {"tuning.method": tuning, "seed": seed}
     config = resolve_run_config(config_path, list(sets or []), cli=cli, cls=PerturbAdaptRunConfig)
-    run = RunDirectory.open(out, config, base=str(Path(base_dir).resolve()), data=str(Path(data).resolve()))
+    run = RunDirectory.check(out, config, base=str(Path(base_dir).resolve()), data=str(Path(data).resolve()))
     adata = read_h5ad(data)
     t0 = time.perf_counter()
-    model, record = adapt_perturbation(
-        base_dir, adata, config.tuning, config.train, val_fraction=config.val_fraction, out_dir=out, seed=config.seed
-    )
-    save_adapted(model, out, base_dir=base_dir, record=record)
-    return run.finish({**record, "wall_s": time.perf_counter() - t0})
+    with run.started():  # the base and the new cells are checked inside: a refusal leaves --out free
+        model, record = adapt_perturbation(
+            base_dir,
+            adata,
+            config.tuning,
+            config.train,
+            val_fraction=config.val_fraction,
+            out_dir=out,
+            seed=config.seed,
+        )
+        save_adapted(model, out, base_dir=base_dir, record=record)
+        return run.finish({**record, "wall_s": time.perf_counter() - t0})
 
 
 def _teacher_data(model_dir: Path, data: str | Path | None) -> Path:
@@ -128,17 +138,17 @@ def distill_synth(
     cli = {"distill.student_preset": student_preset, "distill.steps": steps, "seed": seed}
     config = resolve_run_config(config_path, list(sets or []), cli=cli, cls=DistillRunConfig)
     data_path = _teacher_data(model_dir, data)
-    run = RunDirectory.open(out, config, teacher=str(model_dir.resolve()), data=str(data_path.resolve()))
+    run = RunDirectory.check(out, config, teacher=str(model_dir.resolve()), data=str(data_path.resolve()))
     teacher = load_model(model_dir, expected=LatentDiffusionModel)
+    vae_dir = vae_reference_dir(model_dir, teacher.vae_source or {})
     adata = read_h5ad(data_path)
     conditions = teacher.encode_conditions(adata, unknown="unknown") if teacher.config.condition_keys else None
     seed_everything(config.seed)
     t0 = time.perf_counter()
-    student, report = distill_latent_diffusion(
-        teacher, conditions, config.distill, config.train, out_dir=out, seed=config.seed
-    )
-    source = teacher.vae_source or {}
-    vae_dir = model_dir / source["relative"] if source.get("relative") else Path(source["path"])
-    save_distilled(student, {"teacher_dir": str(model_dir.resolve()), **report}, out, vae_dir=vae_dir)
-    report = {k: v for k, v in report.items() if k != "history"}
-    return run.finish({"kind": "distill", "distill": report, "wall_s": time.perf_counter() - t0})
+    with run.started():
+        student, report = distill_latent_diffusion(
+            teacher, conditions, config.distill, config.train, out_dir=out, seed=config.seed
+        )
+        save_distilled(student, {"teacher_dir": str(model_dir.resolve()), **report}, out, vae_dir=vae_dir)
+        report = {k: v for k, v in report.items() if k != "history"}
+        return run.finish({"kind": "distill", "distill": report, "wall_s": time.perf_counter() - t0})

@@ -1,9 +1,9 @@
 """End-to-end perturbation workflows behind ``genailab perturb train | predict | evaluate``.
 
 A run directory (opened through :class:`~genailab.workflows.rundir.RunDirectory`) holds the resolved
-run config (written first), ``split.json``, ``vae/`` (trained on the training cells only), ``member_K/``
-(checkpoints and logs of each ensemble member), the model files (``config.json`` last) and the run
-summary (written when training finished).
+run config (written first, once the keys, labels, hold-outs and VAE settings are validated), ``split.json``,
+``vae/`` (trained on the training cells only), ``member_K/`` (checkpoints and logs of each ensemble
+member), the model files (``config.json`` last) and the run summary (written when training finished).
 
 The held-out set of a run is drawn by the split kind named in its config (``--split``), one function
 per kind in :data:`PERTURB_SPLITS`. The k-fold kinds (``combo_kfold``, ``single_kfold``, ``context_pair``)
@@ -45,7 +45,7 @@ from genailab.training import seed_everything
 from genailab.workflows.perturb_evaluate import count_seen_agents, evaluate_perturb, resolve_library, seen_label
 from genailab.workflows.runconfig import PerturbRunConfig, VAERunConfig, resolve_run_config
 from genailab.workflows.rundir import RunDirectory, write_output_record
-from genailab.workflows.vae import train_vae_on
+from genailab.workflows.vae import VAEJob, prepare_vae
 
 __all__ = [
     "PERTURB_SPLITS",
@@ -416,17 +416,16 @@ def train_perturb_on(
             model=config.model.replace(context_keys=(config.context_key, *config.model.context_keys))
         )
     data_desc = dict(data_desc or {}, n_obs=int(adata.n_obs), n_vars=int(adata.n_vars))
-    run = RunDirectory.open(out, config, data=data_desc, vae_dir=vae_dir and str(vae_dir))
+    run = RunDirectory.check(out, config, data=data_desc, vae_dir=vae_dir and str(vae_dir))
     t0 = time.perf_counter()
     seed_everything(config.seed)
     priors = _load_priors(config, list(adata.var_names))
-    if run.split_path.is_file():
+    if run.resuming and run.split_path.is_file():
         split = Split.load(run.split_path)  # resuming: the same split
     else:
-        split = make_split(adata, config, priors)
-        split.save(run.split_path)
+        split = make_split(adata, config, priors)  # refuses bad keys, labels and hold-outs before any write
     train_rows = split.train
-    vae_summary: dict[str, Any] | None = None
+    vae_job: VAEJob | None = None
     if vae_dir is not None:
         vae_path = Path(vae_dir)
     else:
@@ -439,46 +438,53 @@ def train_perturb_on(
                 train=config.vae_train,
                 vae=config.vae,
             )
-            vae_summary = train_vae_on(adata[train_rows].copy(), vae_path, vae_cfg, data_desc=data_desc)
-    vae = LatentTokenVAE.from_pretrained(vae_path)
-    t_vae = time.perf_counter() - t0
-    seed_everything(config.seed)
-    model = PerturbDeltaModel.from_anndata(
-        adata[train_rows],
-        vae,
-        perturbation_key=config.perturbation_key,
-        control=config.control,
-        delimiter=config.delimiter,
-        dose_key=config.dose_key,
-        priors=priors,
-        config=config.model,
-        backbone=config.backbone,
-        backbone_preset=config.backbone_preset,
-        backbone_overrides=dict(config.backbone_config),
-    )
-    _check_priors_cover(model, adata, split, config)
-    results = model.fit(adata, train_rows, split.val, config.train, out_dir=out, seed=config.seed)
-    model.save_pretrained(out, vae_dir=vae_path)
-    n_trainable = sum(p.numel() for p in model.nets.parameters() if p.requires_grad)
-    return run.finish(
-        {
-            "split": {"name": split.name, **split.sizes, "val_conditions": split.params.get("val_conditions", [])},
-            "held_out": split.params.get("held_out", []),
-            "held_out_pairs": split.params.get("held_out_pairs", []),
-            "fold": split.params.get("fold"),
-            "seen": split.params.get("seen", {}),
-            "library_key": config.library_key,
-            "warnings": warnings,
-            "vae": {"dir": str(vae_path), "wall_s": t_vae, "metrics": (vae_summary or {}).get("metrics", {})},
-            "n_trainable_parameters": n_trainable,
-            "n_frozen_parameters": sum(p.numel() for p in model.vae.parameters()),
-            "calibrated": model.calibrator is not None,
-            "seen_ood_scores": model.seen_ood_scores,
-            "ood_negatives": model.ood_negatives,
-            "members": [r.to_dict() for r in results],
-            "wall_s": time.perf_counter() - t0,
-        }
-    )
+            vae_job = prepare_vae(adata[train_rows].copy(), vae_path, vae_cfg, data_desc=data_desc)
+    vae = LatentTokenVAE.from_pretrained(vae_path) if vae_job is None else None
+
+    with run.started():
+        split.save(run.split_path)
+        vae_summary: dict[str, Any] | None = None
+        if vae_job is not None:
+            vae_summary = vae_job.train()
+            vae = LatentTokenVAE.from_pretrained(vae_path)
+        t_vae = time.perf_counter() - t0
+        seed_everything(config.seed)
+        model = PerturbDeltaModel.from_anndata(
+            adata[train_rows],
+            vae,
+            perturbation_key=config.perturbation_key,
+            control=config.control,
+            delimiter=config.delimiter,
+            dose_key=config.dose_key,
+            priors=priors,
+            config=config.model,
+            backbone=config.backbone,
+            backbone_preset=config.backbone_preset,
+            backbone_overrides=dict(config.backbone_config),
+        )
+        _check_priors_cover(model, adata, split, config)
+        results = model.fit(adata, train_rows, split.val, config.train, out_dir=out, seed=config.seed)
+        model.save_pretrained(out, vae_dir=vae_path)
+        n_trainable = sum(p.numel() for p in model.nets.parameters() if p.requires_grad)
+        return run.finish(
+            {
+                "split": {"name": split.name, **split.sizes, "val_conditions": split.params.get("val_conditions", [])},
+                "held_out": split.params.get("held_out", []),
+                "held_out_pairs": split.params.get("held_out_pairs", []),
+                "fold": split.params.get("fold"),
+                "seen": split.params.get("seen", {}),
+                "library_key": config.library_key,
+                "warnings": warnings,
+                "vae": {"dir": str(vae_path), "wall_s": t_vae, "metrics": (vae_summary or {}).get("metrics", {})},
+                "n_trainable_parameters": n_trainable,
+                "n_frozen_parameters": sum(p.numel() for p in model.vae.parameters()),
+                "calibrated": model.calibrator is not None,
+                "seen_ood_scores": model.seen_ood_scores,
+                "ood_negatives": model.ood_negatives,
+                "members": [r.to_dict() for r in results],
+                "wall_s": time.perf_counter() - t0,
+            }
+        )
 
 
 def _check_priors_cover(model: Any, adata: Any, split: Any, config: Any) -> None:

@@ -48,7 +48,8 @@ class TokenizerRunFields(Config):
     grn
         A TSV/CSV of regulator -> target edges (GRN tokens).
     gene_medians
-        A Geneformer gene-median dictionary (``.pkl``, Ensembl ID -> median) for rank tokens.
+        A Geneformer gene-median dictionary (Ensembl ID -> median) for rank tokens: ``.json``, a
+        two-column ``.tsv`` or a ``.pkl`` (read by a restricted unpickler that builds plain values only).
     id_map
         A TSV of ``symbol`` and ``ensembl_id`` columns, to match gene sets / edges / medians whose ID
         type differs from the data's genes.

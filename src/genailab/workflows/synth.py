@@ -2,9 +2,10 @@
 
 ``train`` trains (or reuses) the VAE (:mod:`genailab.workflows.vae`), freezes it and trains the
 conditional latent diffusion model; its run directory is opened through
-:class:`~genailab.workflows.rundir.RunDirectory`, so a rerun with the same settings resumes and a
-different config is refused. ``sample`` and ``counterfactual`` read plain and adapted model directories
-alike (:func:`~genailab.foundation.recipes.load_model`).
+:class:`~genailab.workflows.rundir.RunDirectory` once every input is validated, so a refused input
+leaves ``--out`` free, a rerun with the same settings resumes and a different config is refused.
+``sample`` and ``counterfactual`` read plain and adapted model directories alike
+(:func:`~genailab.foundation.recipes.load_model`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from genailab.data import DataSpec, read_h5ad
 from genailab.errors import InvalidInputError, MissingKeyError
 from genailab.evaluation import evaluate_synthesis, write_synthesis_report
 from genailab.evaluation.synthesis_ladder import synthesis_ladder
+from genailab.foundation.backbones import backbone_config, build_backbone
 from genailab.foundation.recipes import LatentDiffusionModel, LatentTokenVAE, load_model
 from genailab.io import check_writable, write_h5ad
 from genailab.serialization import CONFIG_NAME
 from genailab.training import seed_everything
 from genailab.workflows.runconfig import SynthRunConfig, resolve_run_config
-from genailab.workflows.rundir import RunDirectory, read_run_config, write_output_record
-from genailab.workflows.vae import train_vae_on
+from genailab.workflows.rundir import RunDirectory, read_run_config, read_run_summary, write_output_record
+from genailab.workflows.vae import VAEJob, prepare_vae
 
 __all__ = [
     "counterfactual_synth",
@@ -93,27 +95,62 @@ def train_synth_on(
     vae_dir: str | Path | None = None,
     data_desc: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train the synthesis stack on an AnnData (see :func:`train_synth`); returns the run summary."""
+    """Train the synthesis stack on an AnnData (see :func:`train_synth`); returns the run summary.
+
+    Everything that can refuse the input (condition keys, the VAE's data keys and tokenizer files, the
+    backbone settings) is checked before ``run_config.json`` or ``vae/`` is written.
+    """
     out = check_writable(out, argument="--out")
     spec = _register_condition_keys(adata, config.data, tuple(config.condition_keys))
     config = config.replace(data=spec)
     data_desc = dict(data_desc or {}, n_obs=int(adata.n_obs), n_vars=int(adata.n_vars))
-    run = RunDirectory.open(out, config, data=data_desc, vae_dir=str(vae_dir) if vae_dir else None)
+    run = RunDirectory.check(out, config, data=data_desc, vae_dir=str(vae_dir) if vae_dir else None)
 
     t0 = time.perf_counter()
-    vae_summary: dict[str, Any] | None = None
+    vae_job: VAEJob | None = None
     if vae_dir is not None:
         vae_path = Path(vae_dir)
         vae = LatentTokenVAE.from_pretrained(vae_path)
     else:
         vae_path = out / "vae"
-        if not (vae_path / CONFIG_NAME).is_file():  # not trained yet, or interrupted: (re)train / resume
-            vae_summary = train_vae_on(adata, vae_path, config.vae_run(spec), data_desc=data_desc)
-        vae = LatentTokenVAE.from_pretrained(vae_path)
-    t_vae = time.perf_counter() - t0
+        if (vae_path / CONFIG_NAME).is_file():
+            vae = LatentTokenVAE.from_pretrained(vae_path)
+        else:  # not trained yet, or interrupted: validate now, (re)train / resume below
+            vae_job = prepare_vae(adata, vae_path, config.vae_run(spec), data_desc=data_desc)
+            vae = vae_job.model
+    if vae_job is None:
+        _diffusion_model(vae, config)  # refuses unregistered condition keys and bad backbone settings now
+    else:  # the VAE is not trained yet (its registry holds the condition keys): check the backbone settings
+        _check_backbone(vae, config)
 
-    seed_everything(config.seed)
-    model = LatentDiffusionModel.from_vae(
+    with run.started():
+        vae_summary: dict[str, Any] | None = None
+        if vae_job is not None:
+            vae_summary = vae_job.train()
+            vae = LatentTokenVAE.from_pretrained(vae_path)
+        elif vae_dir is None:
+            vae_summary = _finished_summary(vae_path)
+        t_vae = time.perf_counter() - t0
+
+        seed_everything(config.seed)
+        model = _diffusion_model(vae, config)
+        result = model.fit(adata, config.train, out_dir=out, seed=config.seed)
+        model.save_pretrained(out, vae_dir=vae_path)
+        return run.finish(
+            {
+                "vae": {"dir": str(vae_path), "wall_s": t_vae, "metrics": (vae_summary or {}).get("metrics", {})},
+                "backbone": {"name": config.backbone, **model.backbone.config.to_dict()},
+                "n_trainable_parameters": sum(p.numel() for p in model.trained_modules().parameters()),
+                "tuning": str(model.tuning_report),
+                "train": result.to_dict(),
+                "history": result.history,
+                "wall_s": time.perf_counter() - t0,
+            }
+        )
+
+
+def _diffusion_model(vae: LatentTokenVAE, config: SynthRunConfig) -> LatentDiffusionModel:
+    return LatentDiffusionModel.from_vae(
         vae,
         condition_keys=config.condition_keys,
         backbone=config.backbone,
@@ -121,19 +158,27 @@ def train_synth_on(
         backbone_overrides=dict(config.backbone_config),
         config=config.diffusion,
     )
-    result = model.fit(adata, config.train, out_dir=out, seed=config.seed)
-    model.save_pretrained(out, vae_dir=vae_path)
-    return run.finish(
-        {
-            "vae": {"dir": str(vae_path), "wall_s": t_vae, "metrics": (vae_summary or {}).get("metrics", {})},
-            "backbone": {"name": config.backbone, **model.backbone.config.to_dict()},
-            "n_trainable_parameters": sum(p.numel() for p in model.trained_modules().parameters()),
-            "tuning": str(model.tuning_report),
-            "train": result.to_dict(),
-            "history": result.history,
-            "wall_s": time.perf_counter() - t0,
-        }
+
+
+def _check_backbone(vae: LatentTokenVAE, config: SynthRunConfig) -> None:
+    """Build the backbone :meth:`LatentDiffusionModel.from_vae` would build, to refuse bad settings up front."""
+    m, d = vae.config.latent_shape
+    keys = tuple(config.condition_keys)
+    cond_dim = config.diffusion.condition_dim if keys else 0
+    overrides = dict(config.backbone_config)
+    build_backbone(
+        config.backbone,
+        backbone_config(config.backbone, config.backbone_preset, m, d, len(keys), cond_dim, overrides=overrides),
     )
+
+
+def _finished_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The ``run.json`` of a finished nested run (a rerun keeps reporting its VAE's metrics), if readable."""
+    try:
+        summary = read_run_summary(run_dir)
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def _parse_conditions(items: list[str], *, option: str) -> dict[str, str]:

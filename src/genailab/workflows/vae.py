@@ -1,6 +1,7 @@
 """The jobs behind ``genailab vae train | encode``.
 
-``train`` validates its inputs before any expensive work, opens its run directory through
+``train`` validates its inputs before any expensive work and before it writes anything
+(:func:`prepare_vae`), then starts its run directory through
 :class:`~genailab.workflows.rundir.RunDirectory` (resolved config, seed and versions first; metrics
 last) and writes every output atomically. Rerunning it with the same output directory resumes from the
 last checkpoint; a different config in the same directory is refused rather than mixed.
@@ -9,12 +10,13 @@ last checkpoint; a different config in the same directory is refused rather than
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from genailab.config import check_choice
 from genailab.constants import ADATA_KEYS
-from genailab.data import GeneIdMap, random_split, read_h5ad
+from genailab.data import GeneIdMap, Split, random_split, read_h5ad
 from genailab.foundation.recipes import LatentTokenVAE
 from genailab.io import check_writable, write_h5ad
 from genailab.tokenizers.resources import load_tokenizer_resources
@@ -22,35 +24,78 @@ from genailab.training import seed_everything
 from genailab.workflows.runconfig import VAERunConfig, resolve_run_config, versions
 from genailab.workflows.rundir import RunDirectory, write_output_record
 
-__all__ = ["UNKNOWN_LABELS", "encode_vae", "train_vae", "train_vae_on"]
+__all__ = ["UNKNOWN_LABELS", "VAEJob", "encode_vae", "prepare_vae", "train_vae", "train_vae_on"]
 
 UNKNOWN_LABELS = ("error", "unknown")  # ``--unknown``: what to do with batch labels the model never saw
 
 
-def train_vae_on(
+@dataclass(frozen=True)
+class VAEJob:
+    """A validated VAE training job: its checked (not yet started) run directory, the built model and the split.
+
+    :func:`prepare_vae` makes one without writing anything; :meth:`train` writes ``run_config.json``,
+    trains and saves. A job that includes the VAE (``synth train``, ``perturb train``) prepares it before
+    writing its own ``run_config.json``, so a refused input never locks either directory.
+    """
+
+    run: RunDirectory
+    adata: Any
+    config: VAERunConfig
+    model: LatentTokenVAE
+    split: Split | None
+    resources_report: dict[str, Any]
+
+    def train(self) -> dict[str, Any]:
+        """Write ``run_config.json``, train, save the model and return the summary written to ``run.json``."""
+        model, config, split = self.model, self.config, self.split
+        with self.run.started() as run:
+            if split is not None:
+                split.save(run.split_path)
+            t0 = time.perf_counter()
+            result = model.fit(self.adata, config.train, out_dir=run.path, split=split, seed=config.seed)
+            metrics: dict[str, Any] = {}
+            if split is not None:
+                val = model.evaluate_nll(self.adata, indices=split.val)
+                metrics.update(
+                    {
+                        "val_nll_per_cell": val["nll_per_cell"],
+                        "val_neg_elbo_per_cell": val["neg_elbo_per_cell"],
+                        "n_val_cells": val["n_cells"],
+                    }
+                )
+            model.save_pretrained(run.path)
+            tokenizer = {"name": model.config.tokenizer.name, **self.resources_report, **model.encoder.report()}
+            return run.finish(
+                {
+                    "model": model.config.to_dict(),
+                    "tokenizer": tokenizer,
+                    "n_parameters": sum(p.numel() for p in model.parameters()),
+                    "train": result.to_dict(),
+                    "metrics": metrics,
+                    "history": result.history,
+                    "wall_s": time.perf_counter() - t0,
+                }
+            )
+
+
+def prepare_vae(
     adata: Any, out: str | Path, config: VAERunConfig, *, data_desc: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Train a :class:`~genailab.foundation.recipes.LatentTokenVAE` on an AnnData and save it to ``out``.
+) -> VAEJob:
+    """Check ``out``, validate the data and tokenizer files and build the model; write nothing.
 
     Parameters
     ----------
-    adata
-        Training data (in memory or backed).
-    out
-        Run directory.
-    config
-        A resolved :class:`~genailab.workflows.runconfig.VAERunConfig`.
-    data_desc
-        Description of the data source saved in the run files.
+    adata, out, config, data_desc
+        See :func:`train_vae_on`.
 
-    Returns
-    -------
-    The run summary also written to ``out/run.json``.
+    Raises
+    ------
+    InvalidInputError
+        ``out`` holds another run, or the data, keys or resource files are refused.
     """
     out = check_writable(out)
     data_desc = dict(data_desc or {}, n_obs=int(adata.n_obs), n_vars=int(adata.n_vars))
-    run = RunDirectory.open(out, config, data=data_desc)
-
+    run = RunDirectory.check(out, config, data=data_desc)
     seed_everything(config.seed)
     val_fraction = config.train.val_fraction
     split = (
@@ -69,32 +114,33 @@ def train_vae_on(
         tokenizer=config.tokenizer,
         resources=resources,
     )
-    if split is not None:
-        split.save(run.split_path)
-    t0 = time.perf_counter()
-    result = model.fit(adata, config.train, out_dir=out, split=split, seed=config.seed)
-    metrics: dict[str, Any] = {}
-    if split is not None:
-        val = model.evaluate_nll(adata, indices=split.val)
-        metrics.update(
-            {
-                "val_nll_per_cell": val["nll_per_cell"],
-                "val_neg_elbo_per_cell": val["neg_elbo_per_cell"],
-                "n_val_cells": val["n_cells"],
-            }
-        )
-    model.save_pretrained(out)
-    return run.finish(
-        {
-            "model": model.config.to_dict(),
-            "tokenizer": {"name": model.config.tokenizer.name, **resources_report, **model.encoder.report()},
-            "n_parameters": sum(p.numel() for p in model.parameters()),
-            "train": result.to_dict(),
-            "metrics": metrics,
-            "history": result.history,
-            "wall_s": time.perf_counter() - t0,
-        }
-    )
+    return VAEJob(run, adata, config, model, split, resources_report)
+
+
+def train_vae_on(
+    adata: Any, out: str | Path, config: VAERunConfig, *, data_desc: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Train a :class:`~genailab.foundation.recipes.LatentTokenVAE` on an AnnData and save it to ``out``.
+
+    The inputs are validated (:func:`prepare_vae`) before ``run_config.json`` is written, so a refused
+    input leaves ``out`` free for the corrected rerun.
+
+    Parameters
+    ----------
+    adata
+        Training data (in memory or backed).
+    out
+        Run directory.
+    config
+        A resolved :class:`~genailab.workflows.runconfig.VAERunConfig`.
+    data_desc
+        Description of the data source saved in the run files.
+
+    Returns
+    -------
+    The run summary also written to ``out/run.json``.
+    """
+    return prepare_vae(adata, out, config, data_desc=data_desc).train()
 
 
 def train_vae(

@@ -19,13 +19,15 @@ For each dataset and seeded 80/20 cell split (``--splits 0 1 2``), in its own pr
 - ``--scvi``: scVI prior sampling and scVI aggregate-posterior sampling per (type, donor) group, on the
   same split (needs scvi-tools, the ``[bench]`` extra).
 
-Writes ``benchmarks/results/synthesis_ladder.json`` (``synthesis_ladder_quick.json`` with ``--quick``).
+Writes ``benchmarks/results/synthesis_ladder.json`` (``synthesis_ladder_<datasets>.json`` for a subset of the
+datasets; ``_quick`` appended with ``--quick``).
 Targets (issue 16): every type with >= 100 held-out cells within 1.5x of its floor, AUC <= 0.55.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -128,6 +130,9 @@ def worker_genailab(dataset: str, split: int, args: argparse.Namespace) -> dict[
         syn = model.sample(like=test, seed=split)
         out["diffusion_sample_s"] = time.perf_counter() - t0
         methods["diffusion"] = _ladder(test, syn, ceiling, model, ds, split, args.n_boot)
+        if vae.config.library_model != "batch":  # the same latents with the earlier per-donor library model
+            old = _redecode_with_batch_library(vae, syn, train, ds["donor"], split)
+            methods["diffusion_batch_library"] = _ladder(test, old, ceiling, model, ds, split, args.n_boot)
         for cov in ("diag", "full"):
             t0 = time.perf_counter()
             prior = GaussianLatentPrior.fit(vae, train, ds["keys"], covariance=cov)
@@ -142,6 +147,36 @@ def worker_genailab(dataset: str, split: int, args: argparse.Namespace) -> dict[
         m["metrics"] = {k: m["metrics"][k] for k in ("overall", "per_condition", "marginals")}
     out["methods"] = methods
     out["peak_rss_mb"] = C.peak_rss_mb()
+    return out
+
+
+def _redecode_with_batch_library(vae: Any, syn: Any, train: Any, donor: str | None, seed: int) -> Any:
+    """``syn``'s latents decoded again with library sizes from one log-normal per donor (``library_model="batch"``).
+
+    The per-donor mean and SD of the training cells' log library sizes, as the batch library model fits
+    them; counts are drawn from the same VAE at the same standardised latents with the same seed offsets.
+    """
+    import torch
+
+    from genailab.constants import ADATA_KEYS
+    from genailab.data import make_dataloader
+    from genailab.evaluation.synthesis_embedding import library_sizes
+
+    log_lib = np.log(np.maximum(library_sizes(train.X), 1.0))
+    groups = train.obs[donor].astype(str).to_numpy() if donor else np.zeros(train.n_obs, dtype=str)
+    stats = {g: (log_lib[groups == g].mean(), log_lib[groups == g].std()) for g in np.unique(groups)}
+    want = syn.obs[donor].astype(str).to_numpy() if donor else np.zeros(syn.n_obs, dtype=str)
+    rng = np.random.default_rng(seed + 1)
+    lib = np.array([np.exp(rng.normal(*stats[g])) for g in want]).round().clip(min=1.0)
+    loader = make_dataloader(vae.count_dataset(syn), batch_size=len(want), shuffle=False)
+    batch_index = vae.batch_index(next(iter(loader))) if len(want) else None
+    z = torch.as_tensor(syn.obsm[ADATA_KEYS.SYNTH_LATENT])
+    counts, library = vae.sample_counts(
+        z, batch_index, seed=seed, library=torch.as_tensor(lib, dtype=torch.float32).unsqueeze(-1)
+    )
+    out = syn.copy()
+    out.X = type(syn.X)(counts)
+    out.obs["library_size"] = library.view(-1).numpy()
     return out
 
 
@@ -233,6 +268,7 @@ def worker_scvi(dataset: str, split: int, args: argparse.Namespace) -> dict[str,
 # ----------------------------------------------------------------------------------------- table
 METHOD_COLUMNS = (
     ("diffusion", "diffusion"),
+    ("diffusion_batch_library", "diffusion, per-donor library (previous default)"),
     ("gaussian_diag", "Gauss diag"),
     ("gaussian_full", "Gauss full"),
     ("scvi_prior", "scVI prior"),
@@ -268,6 +304,7 @@ def print_dataset(dataset: str, runs: list[dict]) -> None:
         "latent MMD Gauss full",
         "coverage diff. (floor)",
         "lib W1 diff.",
+        "lib W1 diff., per-donor library",
         "zero excess diff.",
         "held back by (diff.)",
     ]
@@ -294,6 +331,7 @@ def print_dataset(dataset: str, runs: list[dict]) -> None:
             if cov
             else "n/a",
             _cell([x["library_w1_ratio"] for x in d]),
+            _cell([(_row_of(r, "diffusion_batch_library", cond) or {}).get("library_w1_ratio") for r in merged]),
             _cell([(x["zero_fraction_excess"] or {}).get("synthetic") for x in d], 3),
             "; ".join(sorted({c for x in d for c in x["held_back_by"]})) or "-",
         ]
@@ -336,6 +374,11 @@ def main() -> int:
     p.add_argument("--dataset", choices=list(DATASETS))
     p.add_argument("--split", type=int, default=0)
     p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--resume-from",
+        type=Path,
+        help="results JSON of an earlier invocation: its runs of other splits join this one's tables",
+    )
     args = p.parse_args()
     if args.quick:
         args.n_boot = min(args.n_boot, 5)
@@ -355,7 +398,12 @@ def main() -> int:
         if on
     ]
     runs: list[dict] = []
-    name = "synthesis_ladder_quick" if args.quick else "synthesis_ladder"
+    if args.resume_from:  # finished runs of an earlier invocation (same code): keep those not re-run here
+        earlier = json.loads(args.resume_from.read_text())["runs"]
+        runs = [r for r in earlier if not (r["dataset"] in args.datasets and r["split"] in args.splits)]
+        print(f"kept {len(runs)} finished run(s) from {args.resume_from}")
+    name = "synthesis_ladder" + ("" if set(args.datasets) == set(DATASETS) else "_" + "_".join(args.datasets))
+    name += "_quick" if args.quick else ""
     partial = C.RESULTS_DIR / f"{name}.partial.json"
     t_all = time.perf_counter()
     for dataset in args.datasets:
@@ -381,7 +429,8 @@ def main() -> int:
         {
             "benchmark": "synthesis_ladder",
             "datasets": args.datasets,
-            "splits": args.splits,
+            "splits": sorted({r["split"] for r in runs}),
+            "resumed_from": str(args.resume_from) if args.resume_from else None,
             "quick": args.quick,
             "n_boot": args.n_boot,
             "wall_s": wall,

@@ -158,7 +158,7 @@ def posterior_predictive(
             z = mu if latent == "mean" else mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp()
             bi = vae.batch_index(batch)
             if library == "model":
-                lib = vae.sample_library(bi, counts.shape[0], gen)
+                lib = vae.sample_library(bi, counts.shape[0], gen, z_std=vae.standardize(z))
             out.append(vae.decode(z, lib, bi, batch.get(BATCH_KEYS.GENE_MASK)).sample())
     x = torch.cat(out).numpy().astype(np.int32) if out else np.zeros((0, len(vae.genes)), np.int32)
     obs = adata.obs.copy()

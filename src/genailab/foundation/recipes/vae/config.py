@@ -11,7 +11,10 @@ from genailab.errors import InvalidInputError
 from genailab.likelihoods import COUNT_HEADS, DISPERSIONS
 from genailab.tokenizers import TokenizerConfig
 
-__all__ = ["PRESETS", "LatentTokenVAEConfig"]
+__all__ = ["LIBRARY_MODELS", "PRESETS", "LatentTokenVAEConfig"]
+
+#: How generated cells get library sizes (see ``LatentTokenVAEConfig.library_model``).
+LIBRARY_MODELS = ("latent", "batch")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,11 @@ class LatentTokenVAEConfig(Config):
         Epochs over which the KL weight rises linearly from 0 (0 = no warm-up).
     target_sum
         Per-cell normalisation total for the encoder input ``log1p(x / library * target_sum)``.
+    library_model
+        How generated cells get their library sizes: ``"latent"`` (the default) draws a log-normal
+        whose mean is a ridge regression on the cell's standardised latent plus a per-batch intercept,
+        so a monocyte gets a monocyte's library; ``"batch"`` draws from one log-normal per batch (the
+        earlier model: saved configs without this field load as ``"batch"``).
     tokenizer
         Which registered tokenizer encodes counts into the latent tokens (``latent`` = the default
         MLP encoder; ``pathway``, ``grn``, ``rank``, ``latent+pathway``, ``grn+latent``) and its options.
@@ -60,6 +68,7 @@ class LatentTokenVAEConfig(Config):
     kl_weight: float = 1.0
     kl_warmup_epochs: float = 5.0
     target_sum: float = 1e4
+    library_model: str = "latent"
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     def __post_init__(self) -> None:
@@ -83,6 +92,14 @@ class LatentTokenVAEConfig(Config):
         check_positive("kl_weight", self.kl_weight, strict=False)
         check_positive("kl_warmup_epochs", self.kl_warmup_epochs, strict=False)
         check_positive("target_sum", self.target_sum)
+        check_choice("library_model", self.library_model, LIBRARY_MODELS)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatentTokenVAEConfig:
+        """Build from a plain dict; a saved config without ``library_model`` predates it: ``"batch"``."""
+        if isinstance(data, Mapping) and "library_model" not in data:
+            data = {**data, "library_model": "batch"}
+        return super().from_dict(data)
 
     @property
     def latent_shape(self) -> tuple[int, int]:

@@ -10,8 +10,10 @@ subclass (so both share one state dict). Components:
 - :class:`~genailab.foundation.recipes.vae.decoder.LatentTokenDecoder`: ``z`` (+ batch) -> a count
   :class:`~torch.distributions.Distribution` whose mean is ``library * softmax(...)``, so it scales
   linearly with library size;
-- latent standardisation and a per-batch log-normal library model, both fitted after training
-  (:meth:`LatentTokenVAEModule.calibrate`) and stored as buffers in ``model.safetensors``.
+- latent standardisation and a log-normal library model for generated cells (``library_model``:
+  mean = per-batch intercept + a ridge regression on the standardised latent, or the per-batch
+  intercept alone), both fitted after training (:meth:`LatentTokenVAEModule.calibrate`) and stored as
+  buffers in ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from genailab.errors import InvalidInputError
 from genailab.foundation.objectives import LossOutput, gaussian_kl, linear_warmup
 from genailab.foundation.recipes.vae.config import LatentTokenVAEConfig
 from genailab.foundation.recipes.vae.decoder import LatentTokenDecoder
+from genailab.foundation.recipes.vae.library import fit_library_model, library_features, library_offset
 from genailab.likelihoods import masked_nll
 from genailab.tokenizers import TOKENIZERS, TokenizerResources
 
@@ -65,7 +68,13 @@ class LatentTokenVAEModule(nn.Module):
     latent_mean, latent_std
         ``(m, d)`` buffers of the latent standardisation (set by :meth:`calibrate`).
     log_library_mean, log_library_std
-        ``(max(n_batches, 1),)`` buffers of the per-batch log-library model.
+        ``(max(n_batches, 1),)`` buffers of the library model: per-batch intercept and residual SD of
+        log library size.
+    library_weight, library_offset_range
+        ``(p,)`` ridge weights on the latent features of :func:`.library.library_features` (``p = m * d`` up to
+        1,024, else ``d``) and the ``(2,)`` range of the latent offset over the training cells, to which
+        generated cells' offsets are clipped (a latent off the training manifold must not extrapolate
+        to absurd libraries); only with ``library_model="latent"``.
     calibrated
         ``()`` bool buffer, True once :meth:`calibrate` ran.
     """
@@ -106,6 +115,9 @@ class LatentTokenVAEModule(nn.Module):
         self.register_buffer("latent_std", torch.ones(m, d))
         self.register_buffer("log_library_mean", torch.full((n_lib,), math.log(1e3)))
         self.register_buffer("log_library_std", torch.ones(n_lib))
+        if config.library_model == "latent":
+            self.register_buffer("library_weight", torch.zeros(library_features(torch.zeros(1, m, d)).shape[1]))
+            self.register_buffer("library_offset_range", torch.zeros(2))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
 
     # ------------------------------------------------------------------ core model
@@ -176,55 +188,68 @@ class LatentTokenVAEModule(nn.Module):
     # ------------------------------------------------------------------ calibration after training
     @torch.no_grad()
     def calibrate(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
-        """Fit the latent standardisation and the per-batch library model on training data.
+        """Fit the latent standardisation and the library model on training data.
 
-        Sets ``latent_mean``/``latent_std`` to the per-(token, dim) mean and std of posterior means,
-        and ``log_library_mean``/``log_library_std`` to the per-batch log-library statistics that
-        :meth:`sample_library` draws generated cells' library sizes from.
+        Sets ``latent_mean``/``latent_std`` to the per-(token, dim) mean and std of posterior means, then
+        the library model that :meth:`sample_library` draws generated cells' library sizes from: log
+        library = per-batch intercept (+ ``library_weight`` . features of the standardised posterior
+        mean, a ridge regression, with ``library_model="latent"``) + per-batch Gaussian residual.
+        ``batches`` is iterated once per pass (one pass per fitted stage), so it must be re-iterable
+        (a DataLoader).
         """
         was_training = self.training
         self.eval()
         m, d = self.config.latent_shape
-        n_lib = self.log_library_mean.shape[0]
         s1, s2, n = torch.zeros(m, d, dtype=torch.float64), torch.zeros(m, d, dtype=torch.float64), 0
-        l1, l2 = torch.zeros(n_lib, dtype=torch.float64), torch.zeros(n_lib, dtype=torch.float64)
-        ln = torch.zeros(n_lib, dtype=torch.float64)
         for batch in batches:
-            mu, _ = self.encode(batch[BATCH_KEYS.COUNTS], batch[BATCH_KEYS.LIBRARY])
-            mu = mu.double()
+            mu = self.encode(batch[BATCH_KEYS.COUNTS], batch[BATCH_KEYS.LIBRARY])[0].double()
             s1 += mu.sum(0)
             s2 += mu.pow(2).sum(0)
             n += mu.shape[0]
-            log_lib = batch[BATCH_KEYS.LIBRARY].clamp(min=1.0).log().view(-1).double()
-            bi = self.batch_index(batch)
-            idx = torch.zeros_like(log_lib, dtype=torch.long) if bi is None else bi.clamp(min=0)
-            l1.index_add_(0, idx, log_lib)
-            l2.index_add_(0, idx, log_lib.pow(2))
-            ln.index_add_(0, idx, torch.ones_like(log_lib))
         if n < 2:
             raise InvalidInputError(f"calibrate needs at least 2 cells, got {n}.")
         mean = s1 / n
         std = (s2 / n - mean.pow(2)).clamp(min=1e-12).sqrt()
         self.latent_mean.copy_(mean.float())
         self.latent_std.copy_(std.clamp(min=1e-4).float())
-        seen = ln > 0
-        lmean = torch.where(seen, l1 / ln.clamp(min=1), (l1.sum() / ln.sum()).expand_as(l1))
-        lvar = torch.where(seen, l2 / ln.clamp(min=1) - lmean.pow(2), torch.ones_like(l1))
-        self.log_library_mean.copy_(lmean.float())
-        self.log_library_std.copy_(lvar.clamp(min=1e-6).sqrt().float())
+        fit_library_model(self, batches)
         self.calibrated.fill_(True)
         self.train(was_training)
 
     def sample_library(
-        self, batch_index: torch.Tensor | None, n: int, generator: torch.Generator | None = None
+        self,
+        batch_index: torch.Tensor | None,
+        n: int,
+        generator: torch.Generator | None = None,
+        z_std: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Draw ``(n, 1)`` library sizes for generated cells from the per-batch log-normal model."""
+        """Draw ``(n, 1)`` library sizes for generated cells from the log-normal library model.
+
+        Parameters
+        ----------
+        batch_index
+            ``(n,)`` batch codes (``-1`` = unknown: the mean intercept and SD over batches) or ``None``.
+        n
+            Number of cells.
+        generator
+            Seeds the draw.
+        z_std
+            ``(n, m, d)`` standardised latents of the cells; required with ``library_model="latent"``
+            (the library follows the cell's state), ignored with ``"batch"``.
+        """
         idx = torch.zeros(n, dtype=torch.long) if batch_index is None else batch_index.clamp(min=0)
         mean, std = self.log_library_mean[idx], self.log_library_std[idx]  # (n,)
         if batch_index is not None:
             unknown = batch_index < 0
             mean = torch.where(unknown, self.log_library_mean.mean(), mean)
             std = torch.where(unknown, self.log_library_std.mean(), std)
+        if hasattr(self, "library_weight"):
+            if z_std is None or z_std.shape[0] != n:
+                got = None if z_std is None else tuple(z_std.shape)
+                raise InvalidInputError(
+                    f"sample_library: library_model='latent' needs z_std of shape ({n}, m, d); got {got}."
+                )
+            mean = mean + library_offset(self, library_features(z_std))
         eps = torch.randn(n, generator=generator, device=mean.device)
         return (mean + std * eps).exp().round().clamp(min=1.0).unsqueeze(-1)
 
@@ -254,7 +279,8 @@ class LatentTokenVAEModule(nn.Module):
         ``(counts (n, G) int32, library (n, 1))``.
         """
         if library is None:
-            library = self.sample_library(batch_index, z_std.shape[0], torch.Generator().manual_seed(seed + 1))
+            gen = torch.Generator().manual_seed(seed + 1)
+            library = self.sample_library(batch_index, z_std.shape[0], gen, z_std=z_std)
         dist = self.decode(self.unstandardize(z_std), library, batch_index)
         with torch.random.fork_rng():  # Distribution.sample draws from the global generator; keep the caller's
             torch.manual_seed(seed + 2)

@@ -244,7 +244,9 @@ def test_calibration_json_has_one_home(trained, tmp_path):
     write_calibration(tmp_path, trained)
     values = read_calibration(tmp_path)
     assert set(values) == {"calibrator", "ood_reference", "seen_ood_scores", "val_conditions", "ood_negatives",
-                           "ood_model", "base_shift"}  # fmt: skip
+                           "ood_model", "base_shift", "de_sigma_factor", "observed_singles"}  # fmt: skip
+    assert values["de_sigma_factor"] == pytest.approx(trained.de_sigma_factor)
+    assert trained.de_sigma_factor >= 1.0
     assert values["calibrator"] == trained.calibrator
     assert values["ood_reference"] == pytest.approx(trained.ood_reference)
     assert values["val_conditions"] == trained.val_conditions
@@ -256,6 +258,9 @@ def test_calibration_json_has_one_home(trained, tmp_path):
     (tmp_path / "calibration.json").write_text('{"calibrator": null, "ood_reference": 2.0}')
     old = read_calibration(tmp_path)
     assert (old["ood_negatives"], old["ood_model"], old["base_shift"]) == ([], None, None)
+    assert old["de_sigma_factor"] == 1.0  # one conformal multiplier for every gene, as before
+    (tmp_path / "observed_singles.safetensors").unlink()
+    assert read_calibration(tmp_path)["observed_singles"] is None  # no anchors: latent composition
     (tmp_path / "calibration.json").write_text('{"calibrator": {"levels": 1}}')
     with pytest.raises(CheckpointError, match="calibration.json"):
         read_calibration(tmp_path)
@@ -275,3 +280,99 @@ def test_old_module_path_keeps_its_public_names():
 
     for name in ("FORMULATIONS", "PerturbDeltaConfig", "PerturbDeltaModel", "PerturbDeltaNet", "ResponsePrediction"):
         assert hasattr(old, name), name
+
+
+def test_response_size_stratum_gets_its_own_conformal_multiplier():
+    """Errors grow with the response; one pooled multiplier under-covers the responders, the stratum fixes it."""
+    from genailab.foundation.objectives.uncertainty import ConformalCalibrator
+    from genailab.foundation.recipes.perturb.calibration import (
+        DE_STRATUM_GENES,
+        de_stratum,
+        fit_de_sigma_factor,
+        stratified_sigma,
+    )
+
+    rng = np.random.default_rng(0)
+    n, g = 60, 400
+    control = rng.normal(1.0, 0.3, (n, g))
+    shift = np.zeros((n, g))
+    for i in range(n):  # each query moves its own 20 genes strongly
+        shift[i, rng.choice(g, DE_STRATUM_GENES, replace=False)] = rng.choice([-1.5, 1.5], DE_STRATUM_GENES)
+    mean = control + shift
+    sigma = np.full((n, g), 0.05)
+    y = mean + rng.normal(0, 0.05, (n, g)) + rng.normal(0, 0.5, (n, g)) * (shift != 0)
+    assert (de_stratum(mean[0], control[0]) == (shift[0] != 0)).all()
+    half = n // 2
+    factor = fit_de_sigma_factor(y[:half], mean[:half], sigma[:half], control[:half])
+    assert factor > 3.0
+
+    def responder_coverage(f: float) -> float:
+        sd = np.stack([stratified_sigma(s, m, c, f) for s, m, c in zip(sigma, mean, control, strict=True)])
+        cal = ConformalCalibrator.fit(y[:half], mean[:half], sd[:half])
+        lo, hi = cal.interval(mean[half:], sd[half:], 0.9)
+        inside = (y[half:] >= lo) & (y[half:] <= hi)
+        return float(inside[shift[half:] != 0].mean())
+
+    assert responder_coverage(1.0) < 0.6  # pooled: the quiet genes set the multiplier
+    assert 0.82 <= responder_coverage(factor) <= 0.98
+    # no responders to separate: the factor stays 1
+    assert fit_de_sigma_factor(control, control, sigma, control) == 1.0
+
+
+def _observed_mean(adata, rows):
+    from genailab.data import log_normalize
+
+    return log_normalize(adata.X[rows].toarray()).mean(0)
+
+
+def test_anchored_seen_single_is_its_observed_response(trained, adata):
+    """composition='anchored': a trained single predicts the observed training response exactly."""
+    anchors = trained.observed_singles
+    assert anchors is not None
+    assert sorted(anchors.keys) == [("g1", "A"), ("g1", "B"), ("g2", "A"), ("g2", "B")]  # g3 is validation
+    ctrl = _rows(adata, "control", context="A")
+    want = _observed_mean(adata, ctrl) + (_observed_mean(adata, _rows(adata, "g1", context="A"))
+                                          - _observed_mean(adata, ctrl))  # fmt: skip
+    shrunk = trained.predict_response(adata[ctrl].copy(), "g1", seed=0, max_controls=None)
+    saved = anchors.stderr.copy()
+    try:
+        anchors.stderr[:] = 0.0  # a precisely measured single: exactly its observed response
+        pred = trained.predict_response(adata[ctrl].copy(), "g1", seed=0, max_controls=None)
+    finally:
+        anchors.stderr[:] = saved
+    np.testing.assert_allclose(pred.mean, want, atol=1e-4)  # no member has a say in an observed single's mean
+    np.testing.assert_allclose(pred.members, np.broadcast_to(pred.members[0], pred.members.shape), atol=1e-4)
+    assert (pred.sigma > 0).any()  # but their spread on it stays the uncertainty
+    # 20 cells per condition: noisy genes are shrunk toward the decoded latent shift, never past it
+    assert 0 < np.abs(shrunk.mean - want).max() < np.abs(want - shrunk.control_mean).max()
+    # the double of two seen singles: their gene-space sum plus a (decoded) interaction, not the latent path
+    double = trained.predict_response(adata[ctrl].copy(), "g1+g2", seed=0, max_controls=None)
+    additive = want + _observed_mean(adata, _rows(adata, "g2", context="A")) - _observed_mean(adata, ctrl)
+    latent = _model(adata, trained.vae, composition="latent")
+    latent.nets, latent.base_shift = trained.nets, trained.base_shift
+    plain = latent.predict_response(adata[ctrl].copy(), "g1+g2", seed=0, max_controls=None)
+    truth = _observed_mean(adata, _rows(adata, "g1+g2", context="A"))
+    assert np.abs(double.mean - truth).mean() < np.abs(plain.mean - truth).mean()
+    assert np.abs(double.mean - truth).mean() < np.abs(additive - truth).mean() * 1.5  # near the additive sum
+    # an unseen agent is not anchored: the plain latent path
+    unseen = trained.predict_response(adata[_rows(adata, "control", context="B")].copy(), "g4", seed=0)
+    assert np.isfinite(unseen.mean).all()
+    assert (unseen.sigma > 0).any()
+
+
+def test_observed_singles_round_trip_and_corruption(trained, tmp_path):
+    from genailab.foundation.recipes.perturb.anchors import ObservedSingles
+
+    d = trained.save_pretrained(tmp_path / "m")
+    loaded = PerturbDeltaModel.from_pretrained(d)
+    assert loaded.observed_singles.keys == trained.observed_singles.keys
+    np.testing.assert_array_equal(loaded.observed_singles.responses, trained.observed_singles.responses)
+    (d / "observed_singles.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="observed_singles"):
+        PerturbDeltaModel.from_pretrained(d)
+    o = trained.observed_singles
+    bad = ObservedSingles(o.keys, o.responses[:, :3], o.shifts, o.stderr, o.n_cells)
+    with pytest.raises(CheckpointError, match="expects"):
+        bad.check_shapes(trained.vae.config.n_genes, trained.vae.config.latent_shape, where="test")
+    with pytest.raises(InvalidInputError, match="composition='gene'"):
+        PerturbDeltaConfig(composition="gene")

@@ -21,4 +21,5 @@ def test_floored_reference_gives_finite_calibrated_intervals():
     y, mu = rng.normal(size=(8, 30)) * 0.1, np.zeros((8, 30))
     cal = ConformalCalibrator.fit(y, mu, np.broadcast_to(control_sd(cells), y.shape))
     lo, hi = cal.interval(mu[0], control_sd(cells), 0.9)
-    assert np.isfinite(hi - lo).all() and (hi - lo).max() < 10.0
+    assert np.isfinite(hi - lo).all()
+    assert (hi - lo).max() < 10.0

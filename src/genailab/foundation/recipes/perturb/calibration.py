@@ -1,17 +1,24 @@
 """Uncertainty of the perturbation ensemble: split-conformal intervals and the OOD score's scales.
 
 The members' spread in predicted mean expression is calibrated by split conformal prediction on
-*validation perturbations* held out of training. The OOD score of a query combines the members'
-disagreement on its latent shift with its agents' distance in prior space to the trained agents,
-each relative to its median on the validation conditions (:mod:`.ood`); the scores of the
-validation conditions are kept as the honest OOD negatives (``model.ood_negatives``). Directories
-written before the combined score keep the disagreement-only one (relative to the median
-disagreement on the training groups, ``ood_reference``).
+*validation perturbations* held out of training. One multiplier for every gene is carried by the
+~95% of genes that barely move, so the genes that respond most are under-covered; the conformal step
+is therefore stratified by response size (group-conditional, "Mondrian" conformal): the
+:data:`DE_STRATUM_GENES` genes with the largest predicted shift of each query get their own
+multiplier, stored as ``de_sigma_factor`` (the ratio of that stratum's 90% score quantile to the
+rest's), so the predicted responders are covered at the nominal level too.
+
+The OOD score of a query combines the members' disagreement on its latent shift with its agents'
+distance in prior space to the trained agents, each relative to its median on the validation conditions
+(:mod:`.ood`); the scores of the validation conditions are kept as the honest OOD negatives
+(``model.ood_negatives``). Directories written before the combined score keep the disagreement-only one
+(relative to the median disagreement on the training groups, ``ood_reference``).
 
 This module is the one home of ``calibration.json`` (:func:`write_calibration`,
 :func:`read_calibration`, :func:`load_calibration`), written by plain and adapted model directories
 alike. Besides the calibration it holds what the recipe fitted on the training cells and that an
-adapted directory must carry too: the base shift (:mod:`.base_shift`) and the OOD model.
+adapted directory must carry too: the base shift (:mod:`.base_shift`), the OOD model and the observed
+single-agent responses (:mod:`.anchors`, beside it in ``observed_singles.safetensors``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from genailab.data.counts import log_normalize
 from genailab.errors import CheckpointError, InvalidInputError
 from genailab.foundation.objectives.uncertainty import ConformalCalibrator
 from genailab.foundation.perturbation.vocab import PerturbationVocab
+from genailab.foundation.recipes.perturb.anchors import OBSERVED_SINGLES_NAME, ObservedSingles
 from genailab.foundation.recipes.perturb.base_shift import BaseShift
 from genailab.foundation.recipes.perturb.encoding import Cells, controls_by_context
 from genailab.foundation.recipes.perturb.ood import OODModel, condition_distance, fit_ood_model, trained_support
@@ -46,7 +54,10 @@ __all__ = [
     "calibrate",
     "calibrated_sigma",
     "calibration_payload",
+    "de_stratum",
+    "fit_de_sigma_factor",
     "interval",
+    "stratified_sigma",
     "load_calibration",
     "member_disagreement",
     "ood_score",
@@ -59,6 +70,8 @@ CALIBRATION_NAME = "calibration.json"
 MIN_OOD_THRESHOLD = 2.0
 OOD_QUANTILE = 0.95
 MAX_REFERENCE_CONTROLS = 256  # control cells behind each training group's disagreement
+#: Genes per query in the response-size stratum: those with the largest predicted |shift| from the controls.
+DE_STRATUM_GENES = 20
 
 
 # ---------------------------------------------------------------------- fitting
@@ -121,9 +134,12 @@ def calibrate(
     Sets ``model.ood_reference`` (median disagreement on the training groups), ``ood_model`` (the
     combined score's scales: medians on the validation conditions), ``seen_ood_scores`` (the
     training groups' scores), ``ood_negatives`` (the validation conditions' scores, in the order of
-    ``val_conditions``) and ``calibrator`` (``None`` without validation conditions). Observed means
-    are log-normalised by the cells' ``library_key`` libraries when the model has one.
+    ``val_conditions``), ``de_sigma_factor`` (the response-size stratum's multiplier, see the module
+    docstring; 1 without validation conditions) and ``calibrator`` (``None`` without validation
+    conditions), fitted on the stratified sigmas. Observed means are log-normalised by the cells'
+    ``library_key`` libraries when the model has one.
     """
+    model.de_sigma_factor = 1.0  # the validation queries below must give raw ensemble sigmas
     control = model.vocab.control
     controls = controls_by_context(cells, train_rows, control)
 
@@ -144,13 +160,14 @@ def calibrate(
     model.ood_reference = float(np.median(seen)) if seen else 1.0
     val = groups(val_rows)
     model.val_conditions = [[c, x] for c, x, _ in val]
-    y, mu, sd, val_dis = [], [], [], []
+    y, mu, sd, ctrl_mean, val_dis = [], [], [], [], []
     for c, x, rows in val:
         pred, dis = model.query(adata, controls[x], c, x_codes_row=int(rows[0]), cells=cells, seed=seed)
         counts = cells.counts_ds[rows.tolist()][BATCH_KEYS.COUNTS].numpy()
         y.append(log_normalize(counts, library=cells.norm_library(rows)).mean(0))  # (G,)
         mu.append(pred.mean)
         sd.append(pred.sigma)
+        ctrl_mean.append(pred.control_mean)
         val_dis.append(dis)
     agents, pairs = trained_support({c for c, _, _ in train_groups}, model.vocab)
     if model.ood_model is not None:  # re-fitted (adapted to a new context): the earlier training counts too
@@ -160,7 +177,58 @@ def calibrate(
     model.ood_model = fit_ood_model(agents, pairs, val_dis, val_dist, fallback_disagreement=model.ood_reference)
     model.seen_ood_scores = [ood_score(model, c, v)[0] for (c, _, _), v in zip(train_groups, seen, strict=True)]
     model.ood_negatives = [ood_score(model, c, v)[0] for (c, _, _), v in zip(val, val_dis, strict=True)]
-    model.calibrator = ConformalCalibrator.fit(np.stack(y), np.stack(mu), np.stack(sd)) if val else None
+    if val:
+        y_, mu_, sd_, c_ = np.stack(y), np.stack(mu), np.stack(sd), np.stack(ctrl_mean)
+        model.de_sigma_factor = fit_de_sigma_factor(y_, mu_, sd_, c_)
+        factor = model.de_sigma_factor
+        sd_ = np.stack([stratified_sigma(a, b, k, factor) for a, b, k in zip(sd_, mu_, c_, strict=True)])
+        model.calibrator = ConformalCalibrator.fit(y_, mu_, sd_)
+    else:
+        model.calibrator = None
+
+
+def de_stratum(mean: np.ndarray, control_mean: np.ndarray, k: int = DE_STRATUM_GENES) -> np.ndarray:
+    """``(G,)`` bool: the ``k`` genes with the largest predicted ``|mean - control_mean|`` (all when G <= k)."""
+    shift = np.abs(np.asarray(mean, np.float64) - np.asarray(control_mean, np.float64))
+    out = np.zeros(shift.shape[0], dtype=bool)
+    out[np.argsort(-shift, kind="stable")[: min(k, shift.shape[0])]] = True
+    return out
+
+
+def stratified_sigma(sigma: np.ndarray, mean: np.ndarray, control_mean: np.ndarray, factor: float) -> np.ndarray:
+    """``sigma`` with the response-size stratum (:func:`de_stratum`) multiplied by ``factor``."""
+    sigma = np.asarray(sigma, np.float64)
+    return np.where(de_stratum(mean, control_mean), sigma * factor, sigma)
+
+
+def fit_de_sigma_factor(
+    y: np.ndarray, mean: np.ndarray, sigma: np.ndarray, control_mean: np.ndarray, level: float = 0.9
+) -> float:
+    """Ratio of the ``level`` quantiles of normalised scores in the response-size stratum and outside it.
+
+    Parameters
+    ----------
+    y, mean, sigma, control_mean
+        ``(n_queries, G)`` observed means, predicted means, raw ensemble SDs and control means of the
+        validation conditions.
+    level
+        The quantile compared (the nominal level the stratum should be covered at).
+
+    Returns
+    -------
+    The factor (``>= 1``: the stratum is never narrowed below the pooled calibration; 1 when either
+    stratum is empty or degenerate).
+    """
+    eps = 1e-3 * float(np.median(sigma)) + 1e-8
+    scores = np.abs(y - mean) / (sigma + eps)
+    strata = np.stack([de_stratum(m, c) for m, c in zip(mean, control_mean, strict=True)])
+    inside, outside = scores[strata], scores[~strata]
+    if inside.size == 0 or outside.size == 0:
+        return 1.0
+    q_out = float(np.quantile(outside, level))
+    if not np.isfinite(q_out) or q_out <= 0:
+        return 1.0
+    return max(1.0, float(np.quantile(inside, level)) / q_out)
 
 
 # ---------------------------------------------------------------------- using it
@@ -216,12 +284,17 @@ def calibration_payload(model: PerturbDeltaModel) -> dict[str, Any]:
         "ood_negatives": model.ood_negatives,
         "ood_model": model.ood_model.to_dict() if model.ood_model is not None else None,
         "base_shift": model.base_shift.to_dict() if model.base_shift is not None else None,
+        "de_sigma_factor": model.de_sigma_factor,
     }
 
 
 def write_calibration(directory: str | Path, model: PerturbDeltaModel) -> Path:
-    """Write ``model``'s calibration to ``directory/calibration.json``; returns the file."""
+    """Write ``model``'s calibration to ``directory/calibration.json`` (and its observed singles beside it)."""
     path = Path(directory) / CALIBRATION_NAME
+    if model.observed_singles is not None:
+        model.observed_singles.save(directory)
+    else:
+        (Path(directory) / OBSERVED_SINGLES_NAME).unlink(missing_ok=True)
     atomic_write_json(path, calibration_payload(model))
     return path
 
@@ -233,8 +306,9 @@ def read_calibration(directory: str | Path, *, what: str | None = None) -> dict[
     -------
     ``{"calibrator": ConformalCalibrator | None, "ood_reference": float, "seen_ood_scores": list[float],
     "val_conditions": list[list[str]], "ood_negatives": list[float], "ood_model": OODModel | None,
-    "base_shift": BaseShift | None}``; the last three are ``[]``, ``None`` and ``None`` in files
-    written before they existed (the disagreement-only OOD score, no base shift).
+    "base_shift": BaseShift | None, "de_sigma_factor": float, "observed_singles": ObservedSingles | None}``;
+    the last five are ``[]``, ``None``, ``None``, 1 and ``None`` in directories written before they existed
+    (the disagreement-only OOD score, no base shift, one conformal multiplier for every gene, no anchors).
 
     Raises
     ------
@@ -253,6 +327,8 @@ def read_calibration(directory: str | Path, *, what: str | None = None) -> dict[
             "ood_negatives": [float(v) for v in raw.get("ood_negatives", [])],
             "ood_model": OODModel.from_dict(raw["ood_model"]) if raw.get("ood_model") else None,
             "base_shift": BaseShift.from_dict(raw["base_shift"]) if raw.get("base_shift") else None,
+            "de_sigma_factor": float(raw.get("de_sigma_factor", 1.0)),
+            "observed_singles": ObservedSingles.load(d),
         }
     except (KeyError, TypeError, ValueError, AttributeError, InvalidInputError) as err:
         raise CheckpointError(f"{what}: {CALIBRATION_NAME} is malformed: {err}") from err
@@ -267,6 +343,11 @@ def apply_calibration(model: PerturbDeltaModel, values: Mapping[str, Any]) -> No
     model.ood_negatives = values.get("ood_negatives", [])
     model.ood_model = values.get("ood_model")
     model.base_shift = values.get("base_shift")
+    model.de_sigma_factor = float(values.get("de_sigma_factor", 1.0))
+    anchors = values.get("observed_singles")
+    if anchors is not None:
+        anchors.check_shapes(model.vae.config.n_genes, model.vae.config.latent_shape, where="model directory")
+    model.observed_singles = anchors
 
 
 def load_calibration(directory: str | Path, model: PerturbDeltaModel, *, what: str | None = None) -> None:

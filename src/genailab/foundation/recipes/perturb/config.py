@@ -9,13 +9,14 @@ from genailab.errors import InvalidInputError
 from genailab.foundation.perturbation.encoders import COMPOSERS, PERTURBATION_ENCODERS
 from genailab.foundation.recipes.perturb.formulations import FORMULATIONS
 
-__all__ = ["BASE_SHIFTS", "FINETUNE", "LEGACY_DEFAULTS", "PerturbDeltaConfig"]
+__all__ = ["BASE_SHIFTS", "COMPOSITIONS", "FINETUNE", "LEGACY_DEFAULTS", "PerturbDeltaConfig"]
 
 FINETUNE = ("none", "decoder")
 BASE_SHIFTS = ("none", "context_mean")
+COMPOSITIONS = ("anchored", "latent")
 #: Values of fields added after genailab 0.1.0 that a saved ``config.json`` without them means
 #: (the behaviour of the code that wrote it); new configs take the dataclass defaults.
-LEGACY_DEFAULTS = {"library_key": None, "base_shift": "none"}
+LEGACY_DEFAULTS = {"library_key": None, "base_shift": "none", "composition": "latent"}
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,13 @@ class PerturbDeltaConfig(Config):
         training cells before the members; the members learn the deviation from it (a combination
         of ``n`` agents starts from ``n`` times it). ``none``: no base (models saved before this
         field existed). The ``direct`` formulation ignores it.
+    composition
+        ``anchored`` (default): agents with single-agent training cells in the query's context enter a
+        prediction through their *observed* response (gene space and latent shift; see
+        :mod:`~genailab.foundation.recipes.perturb.anchors`): a seen single is its observed response,
+        a combination of seen singles their gene-space sum plus the decoder's and the members' learned
+        interaction. ``latent``: every agent's shift is the members' prediction (models saved before
+        this field existed). Only with the ``shift`` / ``delta`` formulations and without a dose key.
     """
 
     formulation: str = "shift"
@@ -92,6 +100,7 @@ class PerturbDeltaConfig(Config):
     finetune: str = "none"
     library_key: str | None = None
     base_shift: str = "context_mean"
+    composition: str = "anchored"
 
     def __post_init__(self) -> None:
         FORMULATIONS.get(self.formulation)
@@ -110,6 +119,8 @@ class PerturbDeltaConfig(Config):
             raise InvalidInputError(f"finetune={self.finetune!r} is not allowed; expected one of {FINETUNE}.")
         if self.base_shift not in BASE_SHIFTS:
             raise InvalidInputError(f"base_shift={self.base_shift!r} is not allowed; expected one of {BASE_SHIFTS}.")
+        if self.composition not in COMPOSITIONS:
+            raise InvalidInputError(f"composition={self.composition!r} is not allowed; expected one of {COMPOSITIONS}.")
         if self.library_key is not None and not str(self.library_key).strip():
             raise InvalidInputError("library_key must be an obs column name (e.g. 'ncounts') or None.")
         if len(set(self.context_keys)) != len(self.context_keys):

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
     from genailab.foundation.objectives.uncertainty import ConformalCalibrator
     from genailab.foundation.perturbation.priors import GenePriors
+    from genailab.foundation.recipes.perturb.anchors import ObservedSingles
     from genailab.foundation.recipes.perturb.base_shift import BaseShift
     from genailab.foundation.recipes.perturb.ood import OODModel
     from genailab.training import TrainConfig
@@ -142,6 +143,8 @@ class PerturbDeltaModel(nn.Module):
         self.ood_negatives: list[float] = []  # OOD scores of the validation conditions (honest negatives)
         self.ood_model: OODModel | None = None  # the combined OOD score (None: disagreement only)
         self.base_shift: BaseShift | None = None  # fitted by fit() under config.base_shift='context_mean'
+        self.de_sigma_factor: float = 1.0  # conformal multiplier of the predicted responders (calibration)
+        self.observed_singles: ObservedSingles | None = None  # anchors, fitted under composition='anchored'
         self.vae_source: dict[str, str] | None = None
 
     # ------------------------------------------------------------------ construction

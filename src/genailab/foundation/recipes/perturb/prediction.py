@@ -19,8 +19,14 @@ import torch
 from genailab.constants import BATCH_KEYS
 from genailab.data.spec import obs_labels
 from genailab.errors import InvalidInputError, MissingKeyError
-from genailab.foundation.recipes.perturb.base_shift import base_for_codes
-from genailab.foundation.recipes.perturb.calibration import calibrated_sigma, interval, ood_score, ood_threshold
+from genailab.foundation.recipes.perturb.base_shift import base_for_codes, codes_context_label
+from genailab.foundation.recipes.perturb.calibration import (
+    calibrated_sigma,
+    interval,
+    ood_score,
+    ood_threshold,
+    stratified_sigma,
+)
 from genailab.foundation.recipes.perturb.encoding import Cells
 from genailab.foundation.recipes.vae.model import LatentTokenVAE
 from genailab.nn import log_normalize as log_normalize_tensor
@@ -32,6 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ResponsePrediction",
+    "anchor_plan",
+    "anchored_latent",
     "decoded_shift",
     "library_column",
     "member_decoders",
@@ -53,7 +61,10 @@ class ResponsePrediction:
         population: the observed control mean plus the ensemble's mean predicted shift. With the
         model's ``library_key`` counts are divided by the whole-transcriptome libraries (``library``).
     sigma
-        ``(G,)`` ensemble standard deviation of ``mean`` (raw; calibrate with the model's calibrator);
+        ``(G,)`` ensemble standard deviation of the members' own (unanchored) predictions of ``mean``,
+        times the model's ``de_sigma_factor`` on the
+        query's predicted responders (the response-size stratum of :mod:`.calibration`); calibrate it
+        with the model's calibrator;
         ``None`` for a prediction without an ensemble (a latent baseline).
     members
         ``(K, G)`` each member's ``mean``.
@@ -200,9 +211,12 @@ def query(
     Notes
     -----
     The prediction starts from the model's base shift of the query context (if any), and every
-    log-normalised mean uses the model's library rule (``config.library_key``).
+    log-normalised mean uses the model's library rule (``config.library_key``). Agents with observed
+    single-agent training cells in the query context enter through their observed response
+    (:func:`anchored_latent`, ``config.composition='anchored'``; not for an explicit ``dose``).
     """
     model.eval()
+    dose_given = dose
     rng = np.random.default_rng(seed)
     rows = np.asarray(control_rows, dtype=np.int64)
     if max_controls is not None and len(rows) > max_controls:
@@ -222,14 +236,19 @@ def query(
     base = base_for_codes(model, context_codes)  # (m, d) or None
     norm_library = cells.norm_library(rows)  # (n,) or None
     lib_col = library_column(norm_library)
-    means, zs, expected, sampled = [], [], [], []
+    anchors = anchor_plan(model, condition, context_codes) if dose_given is None else None
+    means, spread, zs, expected, sampled = [], [], [], [], []
     for k, (net, dec) in enumerate(zip(model.nets, member_decoders(model), strict=True)):
         gen = torch.Generator().manual_seed(seed * 7919 + k)
         z = net(z_base, torch.as_tensor(ids), torch.as_tensor(dose), ctx, generator=gen, base=base)  # (n, m, d)
-        zs.append(z)
-        shift, mean_k, draw = decoded_shift(
-            dec, z_base, z, library, vae_batch, reps=reps, seed=seed * 104729 + k, norm_library=lib_col
-        )
+        zs.append(z)  # the members' own latents: their disagreement is the OOD score's and sigma's
+        decode = {"reps": reps, "seed": seed * 104729 + k, "norm_library": lib_col}
+        shift, mean_k, draw = decoded_shift(dec, z_base, z, library, vae_batch, **decode)
+        spread.append(shift)
+        if anchors is not None:
+            z_a, residual = anchored_latent(model, net, dec, z_base, z, anchors, ctx, base, library, vae_batch, decode)
+            shift, mean_k, draw = decoded_shift(dec, z_base, z_a, library, vae_batch, **decode)
+            shift = shift + residual
         means.append(shift)
         expected.append(mean_k)
         sampled.append(draw)
@@ -244,9 +263,12 @@ def query(
         "unseen_agents": list(model.vocab.unseen(condition)),
         "unseen_context": bool((ctx < 0).any()),
     }
+    # sigma: the members' spread on their own predictions (an anchored mean keeps it: the anchors remove the
+    # members' say on the singles, not the uncertainty about how the response composes)
+    sigma = torch.stack(spread).std(0).numpy() if len(zs) > 1 else np.zeros(members.shape[1])
     pred = ResponsePrediction(
         mean=members.mean(0),
-        sigma=members.std(0, ddof=1) if len(zs) > 1 else np.zeros(members.shape[1]),
+        sigma=stratified_sigma(sigma, members.mean(0), control_mean.numpy(), model.de_sigma_factor),
         members=members,
         control_mean=control_mean.numpy(),
         counts=cell_counts.numpy(),
@@ -259,6 +281,72 @@ def query(
         prior_distance=distance,
     )
     return pred, disagreement
+
+
+def anchor_plan(
+    model: PerturbDeltaModel, condition: str, context_codes: np.ndarray
+) -> list[tuple[str, int | None]] | None:
+    """Per agent of ``condition``, its row in ``model.observed_singles`` in the query context (``None``: not observed).
+
+    ``None`` when the model composes in latent space only (``composition='latent'``, no anchors fitted)
+    or when no agent of the query is anchored (the prediction is then the plain latent one).
+    """
+    singles = model.observed_singles
+    if model.config.composition != "anchored" or singles is None:
+        return None
+    label = codes_context_label(model.config.context_keys, model.context_categories, context_codes)
+    plan = [(a, singles.lookup(a, label)) for a in model.vocab.parts(condition)]
+    return plan if any(r is not None for _, r in plan) else None
+
+
+@torch.no_grad()
+def anchored_latent(
+    model: PerturbDeltaModel,
+    net: torch.nn.Module,
+    decoder: LatentTokenVAE,
+    z_base: torch.Tensor,
+    z: torch.Tensor,
+    plan: list[tuple[str, int | None]],
+    ctx: torch.Tensor,
+    base: torch.Tensor | None,
+    library: torch.Tensor,
+    vae_batch: torch.Tensor | None,
+    decode: Mapping[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One member's anchored prediction: the latent to decode and the gene-space residual to add.
+
+    With the member's shift ``z - z_base`` for the query and ``v_a`` for each agent alone, the
+    interaction is ``I = (z - z_base) - sum_a v_a``; the latent is ``z_base + sum_a u_a + I`` with
+    ``u_a`` the observed shift ``s_a`` of an anchored agent (``v_a`` otherwise), and the residual is
+    ``sum_{a anchored} w_a (r_a - D(s_a))``: what the observed single response holds beyond its decoded
+    latent shift, shrunk per gene by ``w_a = b / (b + stderr^2)`` with ``b = max(e^2 - stderr^2, 0)`` the
+    estimated squared bias of the decoded shift (``e = r_a - D(s_a)``) where it was measured on few or
+    noisy cells (:mod:`~genailab.foundation.recipes.perturb.anchors`).
+
+    Returns
+    -------
+    ``(z (n, m, d), residual (G,))``.
+    """
+    singles = model.observed_singles
+    n = z_base.shape[0]
+    interaction = z - z_base
+    anchored = torch.zeros_like(z_base)
+    residual = torch.zeros(model.vae.config.n_genes)
+    for agent, row in plan:
+        a_ids, a_dose = model.vocab.encode([agent] * n)
+        v = net(z_base, torch.as_tensor(a_ids), torch.as_tensor(a_dose), ctx, base=base) - z_base  # (n, m, d)
+        interaction = interaction - v
+        if row is None:
+            anchored = anchored + v
+            continue
+        s_a = torch.as_tensor(singles.shifts[row]).to(z_base.dtype)  # (m, d)
+        anchored = anchored + s_a
+        d_a = decoded_shift(decoder, z_base, z_base + s_a, library, vae_batch, **decode)[0]
+        gap = torch.as_tensor(singles.responses[row]) - d_a  # (G,) what the observed response holds beyond D(s_a)
+        noise = torch.as_tensor(singles.stderr[row]).pow(2)
+        bias = (gap.pow(2) - noise).clamp(min=0.0)  # unbiased estimate of the decoder's squared bias
+        residual = residual + gap * bias / (bias + noise).clamp(min=1e-12)  # shrunk where noisy
+    return z_base + anchored + interaction, residual
 
 
 def select_controls(

@@ -19,6 +19,7 @@ from torch import nn
 
 from genailab.errors import InvalidInputError
 from genailab.foundation.objectives import LossOutput
+from genailab.foundation.recipes.perturb.anchors import fit_observed_singles
 from genailab.foundation.recipes.perturb.base_shift import fit_base_shift
 from genailab.foundation.recipes.perturb.batches import GROUP_BATCH_KEYS, GroupBatches, group_loader, ot_pairing
 from genailab.foundation.recipes.perturb.calibration import calibrate
@@ -97,7 +98,9 @@ def fit_ensemble(
     """Fit the base shift, train every member of ``model``, then calibrate it (see :meth:`PerturbDeltaModel.fit`).
 
     With ``config.base_shift='context_mean'`` (and a formulation that uses it) ``model.base_shift`` is
-    fitted on the training rows first (contexts of an earlier fit that ``train_rows`` lack are kept).
+    fitted on the training rows first (contexts of an earlier fit that ``train_rows`` lack are kept), and
+    with ``config.composition='anchored'`` so are the observed single-agent responses
+    (``model.observed_singles``; not for models with a dose key).
     """
     train_rows = np.asarray(train_rows, dtype=np.int64)
     val_rows = np.asarray(val_rows if val_rows is not None else [], dtype=np.int64)
@@ -114,6 +117,9 @@ def fit_ensemble(
     if model.config.base_shift == "context_mean" and getattr(model.nets[0].formulation, "uses_base", False):
         base = fit_base_shift(cells, train_rows, model.vocab, previous=model.base_shift)
     model.base_shift = base
+    anchored = model.config.composition == "anchored" and model.dose_key is None
+    if anchored and getattr(model.nets[0].formulation, "uses_base", False):
+        model.observed_singles = fit_observed_singles(cells, train_rows, model.vocab, previous=model.observed_singles)
     results = []
     for k, net in enumerate(model.nets):
         member_seed = seed * 1000 + k

@@ -136,3 +136,12 @@ def test_auc_argument_validation():
     x, y = gaussians(0.0, n=10)
     with pytest.raises(InvalidInputError, match="n_folds"):
         classifier_auc(x, y, n_folds=1)
+
+
+def test_random_forest_detector_separates_shifted_sets_only():
+    rng = np.random.default_rng(0)
+    x, same, shifted = rng.normal(size=(300, 5)), rng.normal(size=(300, 5)), rng.normal(0.8, 1.0, (300, 5))
+    assert classifier_auc(x, shifted, detector="rf") > 0.8
+    assert abs(classifier_auc(x, same, detector="rf") - 0.5) < 0.1
+    with pytest.raises(InvalidInputError, match="detector='svm'"):
+        classifier_auc(x, same, detector="svm")

@@ -309,7 +309,8 @@ def evaluate_synthesis(
          "settings": {...}, "skipped_conditions": [{"condition", "n_real", "n_syn", "reason"}],
          "composition": {"real": {value: fraction}, "synthetic": {...}, "total_variation"} or None}
 
-    with metrics ``mmd`` (V-statistic MMD^2), ``energy`` (V-statistic), ``w1`` and ``classifier_auc``.
+    with metrics ``mmd`` (V-statistic MMD^2), ``energy`` (V-statistic), ``w1`` and ``classifier_auc``
+    (gradient-boosted detector); ``overall`` also holds ``classifier_auc_rf`` (a random-forest detector).
 
     Raises
     ------
@@ -336,6 +337,8 @@ def evaluate_synthesis(
     b_use, s_use, matched = _overall_samples(b_idx, n_syn, inputs.real_cond, inputs.syn_cond, rng)
     overall = _compare(z_real[a_idx], z_real[b_use], z_syn[s_use], seed)
     overall.update(n_compared=len(s_use), composition_matched=matched)
+    rf = [classifier_auc(z_real[a_idx], z, seed=seed, detector="rf") for z in (z_syn[s_use], z_real[b_use])]
+    overall["classifier_auc_rf"] = {"synthetic": rf[0], "floor": rf[1], "ratio": _ratio(rf[0], rf[1], EPS)}
     marginals = _marginals(inputs.real[a_idx], inputs.real[b_use], inputs.syn[s_use])
 
     per_condition: dict[str, Any] = {}

@@ -199,6 +199,9 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=RESULTS, help="Where to write the results JSON.")
     ap.add_argument("--worker", nargs=3, metavar=("TASK", "FOLD", "SEED"))
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--resume-from", type=Path,
+                    help="results JSON of an earlier invocation (same code): its runs of other (task, fold, seed) "
+                    "join this one's tables")  # fmt: skip
     args = ap.parse_args()
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), int(args.worker[2]), args.out, args.quick, args.hparams)
@@ -206,6 +209,12 @@ def main() -> None:
     script = Path(__file__).resolve()
     extra = (["--quick"] if args.quick else []) + (["--hparams", str(args.hparams.resolve())] if args.hparams else [])
     runs, t0 = [], time.perf_counter()
+    todo = {(t, f, s) for t in args.tasks for f in args.folds for s in args.seeds}
+    if args.resume_from:
+        earlier = json.loads(args.resume_from.read_text())["runs"]
+        runs = [r for r in earlier if (r["task"], r["fold"], r["seed"]) not in todo]
+        print(f"kept {len(runs)} finished run(s) from {args.resume_from}")
+    tasks = sorted({*args.tasks, *(r["task"] for r in runs)}, key=list(TASKS).index)
     for task in args.tasks:
         for fold in args.folds:
             for seed in args.seeds:
@@ -215,9 +224,10 @@ def main() -> None:
                       f"{r['process_wall_s']:.0f} s", flush=True)  # fmt: skip
                 write_json(args.results, {"partial": True, "runs": runs})
     tables = {}
-    for task in args.tasks:
-        print(f"\n{task} (folds {args.folds}, seeds {args.seeds}; library_key=ncounts)")
+    for task in tasks:
         task_runs = [r for r in runs if r["task"] == task]
+        folds, seeds = sorted({r["fold"] for r in task_runs}), sorted({r["seed"] for r in task_runs})
+        print(f"\n{task} (folds {folds}, seeds {seeds}; library_key=ncounts)")
         unc = {m: {k: [r["uncertainty"].get(m, {}).get(k) for r in task_runs] for k in UNCERTAINTY_KEYS}
                for m in ("genailab", "control_sd")}  # fmt: skip
         tables[task] = {"targets": TASKS[task]["targets"], "by_seen": task_tables(task_runs, n_boot=args.n_boot),
@@ -226,8 +236,9 @@ def main() -> None:
         args.results,
         {
             "benchmark": "perturbation response (Norman 2019 / McFaline 2023), folds of held-out conditions",
-            "folds": args.folds,
-            "seeds": args.seeds,
+            "folds": sorted({r["fold"] for r in runs}),
+            "seeds": sorted({r["seed"] for r in runs}),
+            "resumed_from": str(args.resume_from) if args.resume_from else None,
             "quick": args.quick,
             "hparams": str(args.hparams) if args.hparams else None,
             "machine": machine_info(args.threads),

@@ -61,8 +61,9 @@ class ResponsePrediction:
         population: the observed control mean plus the ensemble's mean predicted shift. With the
         model's ``library_key`` counts are divided by the whole-transcriptome libraries (``library``).
     sigma
-        ``(G,)`` ensemble standard deviation of the members' own (unanchored) predictions of ``mean``,
-        times the model's ``de_sigma_factor`` on the
+        ``(G,)`` ensemble standard deviation of the members' own (unanchored) predictions of ``mean``
+        (for an anchored prediction combined with its distance from their mean,
+        ``sqrt(sd^2 + (mean - their mean)^2)``), times the model's ``de_sigma_factor`` on the
         query's predicted responders (the response-size stratum of :mod:`.calibration`); calibrate it
         with the model's calibrator;
         ``None`` for a prediction without an ensemble (a latent baseline).
@@ -263,9 +264,13 @@ def query(
         "unseen_agents": list(model.vocab.unseen(condition)),
         "unseen_context": bool((ctx < 0).any()),
     }
-    # sigma: the members' spread on their own predictions (an anchored mean keeps it: the anchors remove the
-    # members' say on the singles, not the uncertainty about how the response composes)
-    sigma = torch.stack(spread).std(0).numpy() if len(zs) > 1 else np.zeros(members.shape[1])
+    # sigma: the members' spread on their own predictions, and for an anchored mean also how far it lies from
+    # theirs (where the observed singles and the latent model disagree, neither is trusted blindly)
+    plain = torch.stack(spread)  # (K, G) members' own shifts
+    sigma = plain.std(0).numpy() if len(zs) > 1 else np.zeros(members.shape[1])
+    if anchors is not None:
+        gap = members.mean(0) - (control_mean + plain.mean(0)).numpy()
+        sigma = np.sqrt(sigma**2 + gap**2)
     pred = ResponsePrediction(
         mean=members.mean(0),
         sigma=stratified_sigma(sigma, members.mean(0), control_mean.numpy(), model.de_sigma_factor),

@@ -21,7 +21,6 @@ from genailab.data import DataSpec, read_h5ad
 from genailab.errors import InvalidInputError, MissingKeyError
 from genailab.evaluation import evaluate_synthesis, write_synthesis_report
 from genailab.evaluation.synthesis_ladder import synthesis_ladder
-from genailab.foundation.backbones import backbone_config, build_backbone
 from genailab.foundation.recipes import LatentDiffusionModel, LatentTokenVAE, load_model
 from genailab.io import check_writable, write_h5ad
 from genailab.serialization import CONFIG_NAME
@@ -118,10 +117,9 @@ def train_synth_on(
         else:  # not trained yet, or interrupted: validate now, (re)train / resume below
             vae_job = prepare_vae(adata, vae_path, config.vae_run(spec), data_desc=data_desc)
             vae = vae_job.model
-    if vae_job is None:
-        _diffusion_model(vae, config)  # refuses unregistered condition keys and bad backbone settings now
-    else:  # the VAE is not trained yet (its registry holds the condition keys): check the backbone settings
-        _check_backbone(vae, config)
+    # refuse unregistered condition keys and bad backbone settings now (an untrained VAE's registry already
+    # holds the condition keys)
+    LatentDiffusionModel.build_parts(vae, **_diffusion_settings(config))
 
     with run.started():
         vae_summary: dict[str, Any] | None = None
@@ -133,7 +131,7 @@ def train_synth_on(
         t_vae = time.perf_counter() - t0
 
         seed_everything(config.seed)
-        model = _diffusion_model(vae, config)
+        model = LatentDiffusionModel.from_vae(vae, **_diffusion_settings(config))
         result = model.fit(adata, config.train, out_dir=out, seed=config.seed)
         model.save_pretrained(out, vae_dir=vae_path)
         return run.finish(
@@ -149,27 +147,15 @@ def train_synth_on(
         )
 
 
-def _diffusion_model(vae: LatentTokenVAE, config: SynthRunConfig) -> LatentDiffusionModel:
-    return LatentDiffusionModel.from_vae(
-        vae,
-        condition_keys=config.condition_keys,
-        backbone=config.backbone,
-        backbone_preset=config.backbone_preset,
-        backbone_overrides=dict(config.backbone_config),
-        config=config.diffusion,
-    )
-
-
-def _check_backbone(vae: LatentTokenVAE, config: SynthRunConfig) -> None:
-    """Build the backbone :meth:`LatentDiffusionModel.from_vae` would build, to refuse bad settings up front."""
-    m, d = vae.config.latent_shape
-    keys = tuple(config.condition_keys)
-    cond_dim = config.diffusion.condition_dim if keys else 0
-    overrides = dict(config.backbone_config)
-    build_backbone(
-        config.backbone,
-        backbone_config(config.backbone, config.backbone_preset, m, d, len(keys), cond_dim, overrides=overrides),
-    )
+def _diffusion_settings(config: SynthRunConfig) -> dict[str, Any]:
+    """The keyword arguments of :meth:`LatentDiffusionModel.from_vae` that ``config`` sets."""
+    return {
+        "condition_keys": config.condition_keys,
+        "backbone": config.backbone,
+        "backbone_preset": config.backbone_preset,
+        "backbone_overrides": dict(config.backbone_config),
+        "config": config.diffusion,
+    }
 
 
 def _finished_summary(run_dir: Path) -> dict[str, Any] | None:

@@ -215,6 +215,31 @@ class LatentDiffusionModel(nn.Module):
         config
             Diffusion settings (its ``condition_keys`` are replaced by ``condition_keys``).
         """
+        backbone_net, cond, config = cls.build_parts(
+            vae,
+            condition_keys=condition_keys,
+            backbone=backbone,
+            backbone_preset=backbone_preset,
+            backbone_overrides=backbone_overrides,
+            config=config,
+        )
+        return cls(backbone_net, cond, vae, vae, config)
+
+    @staticmethod
+    def build_parts(
+        vae: LatentTokenVAE,
+        *,
+        condition_keys: Sequence[str] = (),
+        backbone: str = "dit",
+        backbone_preset: str = "small",
+        backbone_overrides: Mapping[str, Any] | None = None,
+        config: LatentDiffusionConfig | None = None,
+    ) -> tuple[nn.Module, ConditionEncoder, LatentDiffusionConfig]:
+        """The backbone, condition encoder and config :meth:`from_vae` assembles (arguments as there).
+
+        Needs only ``vae``'s latent shape and data registry, not a trained VAE, so a job can refuse
+        unregistered condition keys and bad backbone settings before it trains anything.
+        """
         keys = tuple(condition_keys)
         registry = vae.registry
         known_cat = registry.spec.categorical_keys() if registry is not None else ()
@@ -239,7 +264,7 @@ class LatentDiffusionModel(nn.Module):
         m, d = vae.config.latent_shape
         cond_dim = config.condition_dim if keys else 0
         bconf = backbone_config(backbone, backbone_preset, m, d, len(keys), cond_dim, overrides=backbone_overrides)
-        return cls(build_backbone(backbone, bconf), cond, vae, vae, config)
+        return build_backbone(backbone, bconf), cond, config
 
     # ------------------------------------------------------------------ conditions
     def _condition_columns(self) -> list[tuple[str, bool, int]]:

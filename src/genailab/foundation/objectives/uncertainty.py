@@ -32,6 +32,7 @@ __all__ = [
     "ConformalCalibrator",
     "auroc",
     "calibration_curve",
+    "default_eps",
     "gaussian_crps",
     "interval_coverage",
     "regression_ece",
@@ -42,6 +43,14 @@ __all__ = [
 LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
 ONE_SIGMA = math.erf(1.0 / math.sqrt(2.0))  # 0.6827: P(|Z| <= 1) for a standard normal Z
 _ECE_LEVELS = np.linspace(0.05, 0.95, 19)
+
+
+def default_eps(sigma: np.ndarray) -> float:
+    """What normalised conformal scores ``|error| / (sigma + eps)`` add to sigma: ``1e-3 * median(sigma) + 1e-8``.
+
+    Keeps the scores of genes with ``sigma == 0`` finite while leaving every other scale unchanged.
+    """
+    return 1e-3 * float(np.median(sigma)) + 1e-8
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,7 +188,7 @@ class ConformalCalibrator:
         levels
             Nominal central coverage levels, each in (0, 1).
         eps
-            Added to sigma before dividing; ``None`` uses ``1e-3 * median(sigma) + 1e-8``.
+            Added to sigma before dividing; ``None`` uses :func:`default_eps`.
 
         Returns
         -------
@@ -194,7 +203,7 @@ class ConformalCalibrator:
             raise InvalidInputError(f"y_true has {yt.size} value; expected at least 2 calibration values.")
         lv = _check_levels(levels)
         if eps is None:
-            eps = 1e-3 * float(np.median(s)) + 1e-8
+            eps = default_eps(s)
         elif not (isinstance(eps, int | float | np.floating) and math.isfinite(eps) and eps >= 0):
             raise InvalidInputError(f"eps={eps!r}; expected a finite number >= 0 or None.")
         denom = s.ravel() + float(eps)

@@ -34,7 +34,7 @@ from torch import nn
 from genailab.constants import BATCH_KEYS
 from genailab.data.counts import log_normalize
 from genailab.errors import CheckpointError, InvalidInputError
-from genailab.foundation.objectives.uncertainty import ConformalCalibrator
+from genailab.foundation.objectives.uncertainty import ConformalCalibrator, default_eps
 from genailab.foundation.perturbation.vocab import PerturbationVocab
 from genailab.foundation.recipes.perturb.anchors import OBSERVED_SINGLES_NAME, ObservedSingles
 from genailab.foundation.recipes.perturb.base_shift import BaseShift
@@ -57,12 +57,12 @@ __all__ = [
     "de_stratum",
     "fit_de_sigma_factor",
     "interval",
-    "stratified_sigma",
     "load_calibration",
     "member_disagreement",
     "ood_score",
     "ood_threshold",
     "read_calibration",
+    "stratified_sigma",
     "write_calibration",
 ]
 
@@ -219,8 +219,7 @@ def fit_de_sigma_factor(
     The factor (``>= 1``: the stratum is never narrowed below the pooled calibration; 1 when either
     stratum is empty or degenerate).
     """
-    eps = 1e-3 * float(np.median(sigma)) + 1e-8
-    scores = np.abs(y - mean) / (sigma + eps)
+    scores = np.abs(y - mean) / (sigma + default_eps(sigma))  # the calibrator's own normalised scores
     strata = np.stack([de_stratum(m, c) for m, c in zip(mean, control_mean, strict=True)])
     inside, outside = scores[strata], scores[~strata]
     if inside.size == 0 or outside.size == 0:

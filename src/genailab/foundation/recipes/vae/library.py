@@ -43,13 +43,21 @@ def fit_library_model(module: LatentTokenVAEModule, batches: Iterable[dict[str, 
 def _library_pass(
     module: LatentTokenVAEModule, batches: Iterable[dict[str, torch.Tensor]]
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(features (B, p) float64, log library (B,) float64, batch codes (B,))`` per mini-batch."""
+    """Yield ``(features (B, p) float64, log library (B,) float64, batch codes (B,))`` per mini-batch.
+
+    Without a latent regression (``library_model="batch"``) nothing is encoded: the features are ``(B, 0)``.
+    """
+    latent = hasattr(module, "library_weight")
     for batch in batches:
-        mu = module.encode(batch[BATCH_KEYS.COUNTS], batch[BATCH_KEYS.LIBRARY])[0]
         log_lib = batch[BATCH_KEYS.LIBRARY].clamp(min=1.0).log().view(-1).double()
         bi = module.batch_index(batch)
         idx = torch.zeros_like(log_lib, dtype=torch.long) if bi is None else bi.clamp(min=0)
-        yield library_features(module.standardize(mu)).double(), log_lib, idx
+        if latent:
+            mu = module.encode(batch[BATCH_KEYS.COUNTS], batch[BATCH_KEYS.LIBRARY])[0]
+            feats = library_features(module.standardize(mu)).double()
+        else:
+            feats = torch.zeros(log_lib.shape[0], 0, dtype=torch.float64)
+        yield feats, log_lib, idx
 
 
 def _fit_library_weight(

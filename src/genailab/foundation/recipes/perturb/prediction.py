@@ -217,7 +217,6 @@ def query(
     (:func:`anchored_latent`, ``config.composition='anchored'``; not for an explicit ``dose``).
     """
     model.eval()
-    dose_given = dose
     rng = np.random.default_rng(seed)
     rows = np.asarray(control_rows, dtype=np.int64)
     if max_controls is not None and len(rows) > max_controls:
@@ -229,7 +228,7 @@ def query(
     vae_batch = model.vae.batch_index(read)
     z_base = cells.z[torch.as_tensor(rows)]  # (n, m, d)
     n = len(rows)
-    ids, dose = model.vocab.encode([condition] * n, None if dose is None else [dose] * n)
+    ids, doses = model.vocab.encode([condition] * n, None if dose is None else [dose] * n)
     if context_codes is None:
         context_codes = cells.context_codes[x_codes_row if x_codes_row is not None else rows[0]].numpy()
     ctx = torch.as_tensor(np.broadcast_to(context_codes, (n, len(model.config.context_keys))).copy())  # (n, K)
@@ -237,11 +236,11 @@ def query(
     base = base_for_codes(model, context_codes)  # (m, d) or None
     norm_library = cells.norm_library(rows)  # (n,) or None
     lib_col = library_column(norm_library)
-    anchors = anchor_plan(model, condition, context_codes) if dose_given is None else None
+    anchors = anchor_plan(model, condition, context_codes) if dose is None else None
     means, spread, zs, expected, sampled = [], [], [], [], []
     for k, (net, dec) in enumerate(zip(model.nets, member_decoders(model), strict=True)):
         gen = torch.Generator().manual_seed(seed * 7919 + k)
-        z = net(z_base, torch.as_tensor(ids), torch.as_tensor(dose), ctx, generator=gen, base=base)  # (n, m, d)
+        z = net(z_base, torch.as_tensor(ids), torch.as_tensor(doses), ctx, generator=gen, base=base)  # (n, m, d)
         zs.append(z)  # the members' own latents: their disagreement is the OOD score's and sigma's
         decode = {"reps": reps, "seed": seed * 104729 + k, "norm_library": lib_col}
         shift, mean_k, draw = decoded_shift(dec, z_base, z, library, vae_batch, **decode)
